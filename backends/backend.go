@@ -1,0 +1,90 @@
+// Package backends holds the contract between the POP3 engine (package proxy)
+// and the mail stores behind it. A store implements Backend; one POP3 session
+// drives one Mailbox from login to logout. proxy never imports a concrete
+// backend and a backend never speaks POP3.
+package backends
+
+import (
+	"context"
+	"io"
+	"net"
+)
+
+// Backend authenticates a user against one store and opens the maildrop.
+//
+// Login returns an *Error with CodeAuth when the store rejects the
+// credentials, and an *Error with CodeSysTemp (or a plain error, which the
+// proxy turns into [SYS/TEMP]) when the store cannot be reached or fails.
+type Backend interface {
+	Login(ctx context.Context, c Credentials) (Mailbox, error)
+}
+
+// Mailbox is one session's view of a maildrop. The proxy calls its methods
+// from one goroutine, never concurrently, and always calls Close last.
+type Mailbox interface {
+	// Snapshot lists the messages once, at login. Sizes are exact octets as
+	// Open delivers them (CRLF line endings, before dot-stuffing). The order
+	// of the slice is the POP3 message numbering (first element is 1).
+	Snapshot(ctx context.Context) ([]Message, error)
+	// Open streams one message, or its header plus the first bodyLines body
+	// lines (bodyLines < 0: the whole message). It is called before +OK is
+	// written; an error here becomes -ERR and the session goes on. A message
+	// that vanished upstream returns ErrMessageGone.
+	Open(ctx context.Context, m Message, bodyLines int) (io.ReadCloser, error)
+	// Commit applies the session's deletions. It is called at most once, only
+	// after QUIT in the TRANSACTION state, and only with messages of the
+	// snapshot. An error means the deletions were not (all) applied; what was
+	// not removed must stay.
+	Commit(ctx context.Context, deleted []Message) error
+	// Close releases the upstream session. It is always called, exactly once.
+	Close() error
+}
+
+// Message is one entry of the snapshot.
+type Message struct {
+	UIDL string // 1–70 octets in 0x21–0x7E, unique in the maildrop, stable across sessions (RFC 1939 §7)
+	Size int64  // exact octets of the message as Open(…, -1) delivers it
+	Ref  string // the backend's own handle (IMAP UID, JMAP id, …); opaque to the proxy
+}
+
+// Credentials is what the client proved at login.
+type Credentials struct {
+	// Username is the login name; after routing, the name sent upstream.
+	Username string
+	// Password is the password, or the bearer token for token mechanisms.
+	// It must never be logged or put into an error text.
+	Password string
+	// Mechanism is how the client authenticated: "USER" (USER/PASS),
+	// "PLAIN", "LOGIN", or a later SASL mechanism name.
+	Mechanism string
+	// RemoteAddr is the client's address (after PROXY protocol, if any).
+	RemoteAddr net.Addr
+	// TLS reports whether the client connection is encrypted.
+	TLS bool
+}
+
+// String describes the credentials without the secret, so that a %v in a
+// log line cannot leak it.
+func (c Credentials) String() string {
+	return "user=" + c.Username + " mechanism=" + c.Mechanism + " password=<redacted>"
+}
+
+// GoString hides the secret from %#v as well.
+func (c Credentials) GoString() string { return "backends.Credentials{" + c.String() + "}" }
+
+// MaildropIdentifier is an optional interface of a Mailbox: the key under
+// which the proxy locks the maildrop (DESIGN invariant 6). Without it the
+// proxy locks on Credentials.Username.
+type MaildropIdentifier interface {
+	MaildropID() string
+}
+
+// MaildropID returns the lock key for mb opened with c.
+func MaildropID(mb Mailbox, c Credentials) string {
+	if id, ok := mb.(MaildropIdentifier); ok {
+		if s := id.MaildropID(); s != "" {
+			return s
+		}
+	}
+	return c.Username
+}

@@ -1,0 +1,3 @@
+module github.com/popgate/popgate
+
+go 1.26

@@ -488,4 +488,3 @@ func Lines(raw []byte) []byte {
 		}
 	}
 }
-

@@ -98,9 +98,9 @@ func TestAuthorizationState(t *testing.T) {
 
 func TestTransactionState(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.MaxErrors = 100 }})
-	u1 := e.be.Append("alice", []byte("A: 1\r\n\r\none\r\n"))   // 13 octets
+	u1 := e.be.Append("alice", []byte("A: 1\r\n\r\none\r\n"))      // 13 octets
 	u2 := e.be.Append("alice", []byte("B: 2\r\n\r\ntwo\r\n2\r\n")) // 16 octets
-	u3 := e.be.Append("alice", []byte("C: 3\r\n\r\n"))            // 8 octets
+	u3 := e.be.Append("alice", []byte("C: 3\r\n\r\n"))             // 8 octets
 	c := e.login("alice", "secret pw")
 	c.script(`
 		C: CAPA
@@ -140,12 +140,12 @@ func TestTransactionState(t *testing.T) {
 		S: -ERR LIST takes at most one argument
 		C: UIDL
 		S: +OK unique-id listing follows
-		S: 1 `+u1+`
-		S: 2 `+u2+`
-		S: 3 `+u3+`
+		S: 1 ` + u1 + `
+		S: 2 ` + u2 + `
+		S: 3 ` + u3 + `
 		S: .
 		C: UIDL 3
-		S: +OK 3 `+u3+`
+		S: +OK 3 ` + u3 + `
 		C: UIDL 9
 		S: -ERR no such message, only 3 messages in maildrop
 		C: UIDL 1 2
@@ -209,8 +209,8 @@ func TestTransactionState(t *testing.T) {
 		S: .
 		C: UIDL
 		S: +OK unique-id listing follows
-		S: 1 `+u1+`
-		S: 3 `+u3+`
+		S: 1 ` + u1 + `
+		S: 3 ` + u3 + `
 		S: .
 		C: RSET
 		S: +OK maildrop has 3 messages (37 octets)

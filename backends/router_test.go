@@ -74,8 +74,8 @@ func TestRouterFirstMatchWins(t *testing.T) {
 		{"alice@Corp.Example", "corp", "alice"},
 		{"printer", "legacy", "printer@corp.example"},
 		{"printer@x.example", "all", "printer@x.example"}, // exact name without domain does not match with one
-		{"bob@old.example", "legacy", "bob@corp.example"},  // strip then add = replace the domain
-		{"a@b@old.example", "legacy", "a@b@corp.example"},  // the domain is after the last '@'
+		{"bob@old.example", "legacy", "bob@corp.example"}, // strip then add = replace the domain
+		{"a@b@old.example", "legacy", "a@b@corp.example"}, // the domain is after the last '@'
 		{"carol", "all", "carol"},
 		{"carol@corp.example.org", "all", "carol@corp.example.org"},
 	} {

@@ -1,0 +1,78 @@
+package dovecot
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+)
+
+func TestStartAppendFetchAndPOP3(t *testing.T) {
+	s := Start(t, Options{Users: map[string]string{"alice": "secret"}, POP3: true})
+	raw := []byte("Subject: hi\n\nhello\n")
+	uid, err := s.Append("alice", "INBOX", raw, imap.FlagSeen)
+	if err != nil {
+		t.Fatal(err, s.Log())
+	}
+	if uid != 1 {
+		t.Fatalf("uid = %d, want 1", uid)
+	}
+	if err := s.AddUser("bob", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append("bob", "Archive", raw); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Dial("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{RFC822Size: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+	if err != nil || len(msgs) != 1 {
+		t.Fatal(msgs, err)
+	}
+	want := Lines(raw)
+	if got := msgs[0].BodySection[0].Bytes; !bytes.Equal(got, want) || msgs[0].RFC822Size != int64(len(want)) {
+		t.Fatalf("got %q size %d, want %q", got, msgs[0].RFC822Size, want)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Dovecot's own POP3 sees the same message.
+	pc, err := net.DialTimeout("tcp", s.POP3Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(pc)
+	line := func() string { l, _ := r.ReadString('\n'); return l }
+	if l := line(); !strings.HasPrefix(l, "+OK") {
+		t.Fatal(l)
+	}
+	for _, cmd := range []string{"USER alice", "PASS secret", "STAT"} {
+		pc.Write([]byte(cmd + "\r\n"))
+		if l := line(); !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("%s: %s", cmd, l)
+		} else if cmd == "STAT" && strings.TrimSpace(l) != "+OK 1 "+strconv.Itoa(len(want)) {
+			t.Fatalf("STAT = %q", l)
+		}
+	}
+	pc.Write([]byte("QUIT\r\n"))
+}
+
+func TestLines(t *testing.T) {
+	if got := string(Lines([]byte("a\nb\r\nc"))); got != "a\r\nb\r\nc" {
+		t.Fatalf("%q", got)
+	}
+}

@@ -5,6 +5,7 @@ go 1.26
 require (
 	github.com/emersion/go-imap/v2 v2.0.0-beta.8
 	github.com/rs/zerolog v1.35.1
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (

@@ -126,6 +126,13 @@ func TestCheckConfig(t *testing.T) {
 		t.Errorf("two problems: status %d\nstderr %q\n  want %q", code, errOut, want)
 	}
 
+	// what the IMAP backend itself refuses is reported too
+	p = write("uidl.yaml", strings.Replace(good, "    tls: none\n", "    tls: none\n    uidl_template: \"%08Xv\"\n", 1))
+	code, _, errOut = runPopgate(t, "check-config", "--config", p)
+	if want := "popgate: " + p + ": line 8: backends.main: "; code != 2 || !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, "uidl_template") {
+		t.Errorf("uidl_template: status %d, stderr %q, want %q…", code, errOut, want)
+	}
+
 	missing := filepath.Join(dir, "nope.yaml")
 	code, _, errOut = runPopgate(t, "check-config", "--config", missing)
 	if want := "popgate: " + missing + ": no such file or directory\n"; code != 2 || errOut != want {

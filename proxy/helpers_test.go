@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"errors"
 	"io"
 	"math/big"
@@ -277,3 +278,30 @@ func testCert(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
+
+// script runs a transcript: "C: x" sends x, "S: y" expects the line y
+// ("S: y*" expects a line starting with y), "S: <closed>" expects the
+// server to close the connection. Leading tabs and blank lines are ignored.
+func (c *client) script(s string) {
+	c.t.Helper()
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimLeft(l, "\t ")
+		switch {
+		case l == "":
+		case l == "C:":
+			c.send("")
+		case strings.HasPrefix(l, "C: "):
+			c.send(l[3:])
+		case l == "S: <closed>":
+			c.expectClosed()
+		case strings.HasPrefix(l, "S: ") && strings.HasSuffix(l, "*"):
+			c.expectPrefix(strings.TrimSuffix(l[3:], "*"))
+		case strings.HasPrefix(l, "S: "):
+			c.expect(l[3:])
+		default:
+			c.t.Fatalf("bad script line %q", l)
+		}
+	}
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }

@@ -262,6 +262,10 @@ func (ss *session) handshake() bool {
 // ok writes a positive single-line answer.
 func (ss *session) ok(text string) {
 	ss.errs = 0
+	if text == "" {
+		ss.w.WriteString("+OK\r\n")
+		return
+	}
 	ss.w.WriteString("+OK ")
 	ss.w.WriteString(text)
 	ss.w.WriteString("\r\n")
@@ -505,16 +509,17 @@ func (ss *session) login(c backends.Credentials) act {
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
 		return ss.fail(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
+	// From here on finish() releases both, even after a panic.
+	ss.mb, ss.unlock = mb, unlock
 	msgs, err := mb.Snapshot(ctx)
 	if err == nil {
 		err = checkSnapshot(msgs)
 	}
 	if err != nil {
-		mb.Close()
-		unlock()
+		ss.closeMailbox()
 		return ss.backendFail("snapshot", err)
 	}
-	ss.mb, ss.unlock, ss.msgs = mb, unlock, msgs
+	ss.msgs = msgs
 	ss.dele = make([]bool, len(msgs))
 	ss.user = c.Username
 	ss.state = stateTransaction

@@ -27,8 +27,9 @@ type Faults struct {
 	Snapshot error // returned by Snapshot
 	Open     error // returned by Open
 	Commit   error // returned by Commit; nothing is removed
-	// BreakAfter > 0: the reader Open returns fails with ErrBroken after
-	// delivering this many octets.
+	// Break: the reader Open returns fails with ErrBroken after delivering
+	// BreakAfter octets (0: at the first Read).
+	Break      bool
 	BreakAfter int64
 	// SlowRead > 0: every Read of an opened message sleeps this long and
 	// delivers at most SlowChunk octets (default 512).
@@ -222,7 +223,7 @@ func (m *mailbox) Open(ctx context.Context, msg backends.Message, bodyLines int)
 		raw = cutTop(raw, bodyLines)
 	}
 	var r io.Reader = bytes.NewReader(raw)
-	if f.BreakAfter > 0 {
+	if f.Break {
 		r = io.MultiReader(io.LimitReader(r, f.BreakAfter), errReader{ErrBroken})
 	}
 	if f.SlowRead > 0 {

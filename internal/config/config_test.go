@@ -222,7 +222,7 @@ tls:
 backends: {m: {type: imap, address: "h:993", tls: implicit}}
 routes: [{match: "*", backend: m}]
 `
-	wantProblems(t, acme, `line 4: tls.acme.challenge: tls-alpn is answered on the implicit-TLS listeners, and there is none (add one, or use challenge: http)`)
+	wantProblems(t, strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: dns", 1), `line 4: tls.acme.challenge: unknown challenge "dns" (want tls-alpn or http)`)
 	c, err := Parse([]byte(strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: http, http_address: \":80\"", 1)))
 	if err != nil {
 		t.Fatal(err)

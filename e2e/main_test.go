@@ -36,8 +36,7 @@ import (
 var reference = flag.Bool("reference", false, "run the clients against Dovecot's own POP3 instead of popgate")
 
 var (
-	popgateBin string // built in TestMain
-	buildErr   error
+	popgateBin string          // built in TestMain
 	dc         *dovecot.Server // shared by all tests; each test has its own users
 	dcErr      error
 )

@@ -3,6 +3,7 @@ package dovecot
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -33,7 +34,8 @@ func TestStartAppendFetchAndPOP3(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
 		t.Fatal(err)
 	}
 	msgs, err := c.Fetch(imap.UIDSetNum(uid), &imap.FetchOptions{RFC822Size: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
@@ -67,6 +69,11 @@ func TestStartAppendFetchAndPOP3(t *testing.T) {
 		} else if cmd == "STAT" && strings.TrimSpace(l) != "+OK 1 "+strconv.Itoa(len(want)) {
 			t.Fatalf("STAT = %q", l)
 		}
+	}
+	pc.Write([]byte("UIDL 1\r\n"))
+	// pop3_uidl_format %08Xu%08Xv: Dovecot's X gives lowercase hex.
+	if l, want := line(), fmt.Sprintf("+OK 1 %08x%08x\r\n", uid, sel.UIDValidity); l != want {
+		t.Fatalf("UIDL 1 = %q, want %q", l, want)
 	}
 	pc.Write([]byte("QUIT\r\n"))
 }

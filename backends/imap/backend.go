@@ -1,0 +1,236 @@
+// Package imap is the POP3 gateway's IMAP backend: one upstream IMAP
+// connection per POP3 session (go-imap v2 imapclient), a snapshot of the
+// mailbox at login, messages streamed in bounded chunks, and the session's
+// deletions applied at QUIT by the backend's delete policy.
+//
+// Upstream texts never reach the POP3 client: failures are returned as
+// backends.ErrAuthFailed ([AUTH]) or backends.ErrUnavailable ([SYS/TEMP])
+// carrying the upstream error as their cause, for the log only.
+package imap
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/backends"
+)
+
+// Backend is one configured IMAP upstream. It is safe for concurrent use;
+// each Login opens its own upstream connection.
+type Backend struct {
+	cfg      Config
+	log      zerolog.Logger
+	uidl     uidlTemplate
+	tls      *tls.Config // nil for tls: none
+	markSeen bool
+	keyword  imap.Flag
+	chunk    int
+	pools    []bufPool // ascending sizes; the last is chunk octets
+
+	warnNoUIDPlus sync.Once
+}
+
+var _ backends.Backend = (*Backend)(nil)
+
+// New checks cfg, applies the defaults and returns the backend. It logs a
+// warning when certificate verification is turned off.
+func New(cfg Config, log zerolog.Logger) (*Backend, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = DefaultCommandTimeout
+	}
+	cfg.Mailbox = cfg.mailbox()
+	if cfg.UIDLTemplate == "" {
+		cfg.UIDLTemplate = DefaultUIDLTemplate
+	}
+	if cfg.Delete.Policy == "" {
+		cfg.Delete.Policy = PolicyExpunge
+	}
+	if cfg.Delete.Policy == PolicyFlag && cfg.Delete.Keyword == "" {
+		cfg.Delete.Keyword = DefaultKeyword
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = DefaultChunkSize
+	}
+	t, err := parseUIDLTemplate(cfg.UIDLTemplate)
+	if err != nil {
+		return nil, fmt.Errorf("uidl_template: %w", err)
+	}
+	b := &Backend{
+		cfg:      cfg,
+		log:      log.With().Str("backend", cfg.Name).Logger(),
+		uidl:     t,
+		markSeen: cfg.MarkSeen == nil || *cfg.MarkSeen,
+		keyword:  imap.Flag(cfg.Delete.Keyword),
+		chunk:    cfg.ChunkSize,
+	}
+	for size := 16 << 10; size < b.chunk; size *= 4 {
+		b.pools = append(b.pools, newBufPool(size))
+	}
+	b.pools = append(b.pools, newBufPool(b.chunk))
+	if cfg.TLS != "none" {
+		host, _, _ := net.SplitHostPort(cfg.Address)
+		b.tls, err = cfg.Upstream.ClientConfig(host)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.TLS == "implicit" {
+			b.tls.NextProtos = []string{"imap"}
+		}
+		if cfg.Upstream.InsecureSkipVerify {
+			b.log.Warn().Str("address", cfg.Address).Msg("insecure_skip_verify is on: the upstream IMAP server's certificate is not verified")
+		}
+	}
+	return b, nil
+}
+
+// Config returns the configuration with defaults applied.
+func (b *Backend) Config() Config { return b.cfg }
+
+// Login opens one upstream IMAP session for c: connect (with TLS as
+// configured), then AUTHENTICATE PLAIN when offered, else LOGIN.
+func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
+	log := b.log.With().Str("user", c.Username).Logger()
+	start := time.Now()
+
+	dctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
+	defer cancel()
+	d := net.Dialer{}
+	conn, err := d.DialContext(dctx, "tcp", b.cfg.Address)
+	if err != nil {
+		return nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: connect: %w", b.cfg.Address, err))
+	}
+	// The watchdog closes the connection when dctx ends before the greeting
+	// (and STARTTLS) are through: go-imap has no context of its own.
+	stop := context.AfterFunc(dctx, func() { conn.Close() })
+	fail := func(err error) (backends.Mailbox, error) {
+		stop()
+		conn.Close()
+		if dctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", err, dctx.Err())
+		}
+		return nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: %w", b.cfg.Address, err))
+	}
+	if b.cfg.TLS == "implicit" { // RFC 8314 §3
+		tc := tls.Client(conn, b.tls)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			return fail(fmt.Errorf("tls handshake: %w", err))
+		}
+		conn = tc
+	}
+	opts := &imapclient.Options{TLSConfig: b.tls}
+	var cl *imapclient.Client
+	if b.cfg.TLS == "starttls" { // RFC 3501 §6.2.1
+		cl, err = imapclient.NewStartTLS(conn, opts)
+		if err != nil {
+			return fail(fmt.Errorf("starttls: %w", err))
+		}
+	} else {
+		cl = imapclient.New(conn, opts)
+		if err := cl.WaitGreeting(); err != nil {
+			cl.Close()
+			return fail(fmt.Errorf("greeting: %w", err))
+		}
+	}
+	if !stop() {
+		cl.Close()
+		return fail(errors.New("connect and greeting timed out"))
+	}
+	if cl.State() != imap.ConnStateNotAuthenticated {
+		cl.Close()
+		return fail(fmt.Errorf("unexpected state %v after greeting (PREAUTH?)", cl.State()))
+	}
+
+	m := &Mailbox{b: b, c: cl, conn: conn, log: log, user: c.Username}
+	err = m.guard(ctx, "login", func() error {
+		caps := cl.Caps()
+		if caps == nil {
+			return errors.New("no CAPABILITY answer")
+		}
+		switch {
+		case caps.Has(imap.AuthCap(sasl.Plain)): // RFC 4616, SASL-IR (RFC 4959) when offered
+			return authErr(cl.Authenticate(sasl.NewPlainClient("", c.Username, c.Password)))
+		case caps.Has(imap.CapLoginDisabled): // RFC 3501 §6.2.3
+			return backends.ErrUnavailable.Wrap(errors.New("server announces LOGINDISABLED and no AUTH=PLAIN (use tls: starttls or implicit)"))
+		default:
+			return authErr(cl.Login(c.Username, c.Password).Wait())
+		}
+	})
+	if err != nil {
+		m.Close()
+		if errors.Is(err, backends.ErrAuthFailed) {
+			log.Info().Err(err).Msg("upstream rejected the credentials")
+		} else {
+			log.Warn().Err(err).Msg("upstream login failed")
+		}
+		return nil, err
+	}
+	m.caps = cl.Caps()
+	log.Debug().Dur("took", time.Since(start)).Msg("upstream login")
+	return m, nil
+}
+
+// authErr maps the answer to LOGIN/AUTHENTICATE: a NO is wrong credentials
+// ([AUTH], RFC 3206 §4), except the response codes that say the server,
+// not the user, is the problem (RFC 5530).
+func authErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie *imap.Error
+	if errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo {
+		switch ie.Code {
+		case imap.ResponseCodeUnavailable, imap.ResponseCodeServerBug, imap.ResponseCodeLimit:
+			return backends.ErrUnavailable.Wrap(err)
+		case imap.ResponseCodeInUse:
+			return backends.ErrInUse.Wrap(err)
+		}
+		return backends.ErrAuthFailed.Wrap(err)
+	}
+	return err
+}
+
+// bufPool recycles chunk buffers of one size.
+type bufPool struct {
+	size int
+	p    *sync.Pool
+}
+
+func newBufPool(size int) bufPool {
+	return bufPool{size: size, p: &sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+}
+
+// getBuf returns a pooled buffer of at least n octets, at most the chunk
+// size.
+func (b *Backend) getBuf(n int64) *[]byte {
+	for _, p := range b.pools {
+		if int64(p.size) >= n {
+			return p.p.Get().(*[]byte)
+		}
+	}
+	return b.pools[len(b.pools)-1].p.Get().(*[]byte)
+}
+
+func (b *Backend) putBuf(buf *[]byte) {
+	for _, p := range b.pools {
+		if p.size == len(*buf) {
+			p.p.Put(buf)
+			return
+		}
+	}
+}

@@ -1,0 +1,358 @@
+package imap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/backends"
+)
+
+// Mailbox is one POP3 session's upstream IMAP session. Its methods are
+// called from one goroutine (backends.Mailbox); every upstream command uses
+// UIDs, so EXPUNGEs announced by the server (another client deleting) never
+// shift what a POP3 message number refers to (RFC 3501 §7.4.1).
+type Mailbox struct {
+	b    *Backend
+	c    *imapclient.Client
+	conn net.Conn
+	log  zerolog.Logger
+	user string
+	caps imap.CapSet
+
+	uidValidity uint32
+	// pending are commands sent without waiting for their answer (the
+	// \Seen STORE after a RETR); they are completed before the next command.
+	pending []*imapclient.FetchCommand
+	broken  error // set when the connection is unusable
+	reader  io.Closer
+	closed  bool
+}
+
+var (
+	_ backends.Mailbox            = (*Mailbox)(nil)
+	_ backends.MaildropIdentifier = (*Mailbox)(nil)
+)
+
+// MaildropID is the lock key: the backend name (or its address) and the
+// user name, so that two popgate sessions never share one upstream mailbox.
+func (m *Mailbox) MaildropID() string {
+	if m.b.cfg.Name != "" {
+		return m.b.cfg.Name + "/" + m.user
+	}
+	return m.b.cfg.Address + "/" + m.user
+}
+
+// guard runs f, one exchange with the server, under the command timeout and
+// ctx: go-imap has no contexts, so a watchdog closes the connection when
+// either ends first, which fails every pending command. A connection error
+// or timeout marks the session broken; the result is ErrUnavailable.
+func (m *Mailbox) guard(ctx context.Context, op string, f func() error) error {
+	if m.broken != nil {
+		return backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: connection already failed: %w", op, m.broken))
+	}
+	tctx, cancel := context.WithTimeout(ctx, m.b.cfg.CommandTimeout)
+	defer cancel()
+	stop := context.AfterFunc(tctx, func() { m.conn.Close() })
+	if err := m.flushPending(); err == nil {
+		err = f()
+		if stop() {
+			var be *backends.Error
+			switch {
+			case err == nil, errors.As(err, &be):
+				return err
+			case isIMAPStatus(err):
+				return backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: %w", op, err))
+			}
+		} else if err == nil {
+			err = errors.New("finished too late")
+		}
+		if tctx.Err() != nil {
+			err = fmt.Errorf("%w (%v after %s)", err, tctx.Err(), m.b.cfg.CommandTimeout)
+		}
+		m.broken = fmt.Errorf("%s: %w", op, err)
+	} else {
+		stop()
+		m.broken = fmt.Errorf("%s: completing earlier command: %w", op, err)
+	}
+	m.conn.Close()
+	return backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: %w", op, m.broken))
+}
+
+// isIMAPStatus reports whether err is a NO/BAD answer (the connection is
+// still fine) rather than a broken connection.
+func isIMAPStatus(err error) bool {
+	var ie *imap.Error
+	return errors.As(err, &ie)
+}
+
+// flushPending completes the commands sent without waiting. Their NO
+// answers are logged, not returned: only a broken connection is an error.
+func (m *Mailbox) flushPending() error {
+	for len(m.pending) > 0 {
+		cmd := m.pending[0]
+		m.pending = m.pending[1:]
+		if err := cmd.Close(); err != nil {
+			if !isIMAPStatus(err) {
+				return err
+			}
+			m.log.Warn().Err(err).Msg("upstream refused to set \\Seen")
+		}
+	}
+	return nil
+}
+
+// Snapshot selects the mailbox and lists it with one UID FETCH 1:* (UID
+// RFC822.SIZE FLAGS), leaving out messages flagged \Deleted (and, with
+// policy flag, those with the keyword). Sizes are RFC822.SIZE: the octets of
+// the message with CRLF line endings, which is what Open delivers.
+func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
+	var out []backends.Message
+	err := m.guard(ctx, "snapshot", func() error {
+		// SELECT, not EXAMINE: \Seen and the deletions are stored later.
+		sel, err := m.c.Select(m.b.cfg.Mailbox, nil).Wait()
+		if err != nil {
+			return err
+		}
+		m.uidValidity = sel.UIDValidity
+		if sel.NumMessages == 0 {
+			return nil
+		}
+		// RFC 3501 §6.4.8: one UID FETCH for the whole mailbox.
+		cmd := m.c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
+			UID: true, RFC822Size: true, Flags: true,
+		})
+		defer cmd.Close()
+		seen := map[imap.UID]bool{}
+		for {
+			msg := cmd.Next()
+			if msg == nil {
+				break
+			}
+			buf, err := msg.Collect()
+			if err != nil {
+				return err
+			}
+			if buf.UID == 0 || seen[buf.UID] {
+				continue
+			}
+			seen[buf.UID] = true
+			if m.skip(buf.Flags) {
+				continue
+			}
+			out = append(out, backends.Message{
+				UIDL: m.b.uidl.format(uint32(buf.UID), m.uidValidity),
+				Size: buf.RFC822Size,
+				Ref:  strconv.FormatUint(uint64(buf.UID), 10),
+			})
+		}
+		return cmd.Close()
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The server sends FETCH responses in sequence order, which is UID
+	// order; keep the POP3 numbering in UID order whatever it sent.
+	sortByUID(out)
+	return out, nil
+}
+
+func (m *Mailbox) skip(flags []imap.Flag) bool {
+	for _, f := range flags {
+		if f == imap.FlagDeleted {
+			return true
+		}
+		if m.b.cfg.Delete.Policy == PolicyFlag && equalFoldFlag(f, m.b.keyword) {
+			return true
+		}
+	}
+	return false
+}
+
+func equalFoldFlag(a, b imap.Flag) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func sortByUID(msgs []backends.Message) {
+	uid := func(m backends.Message) uint64 { n, _ := strconv.ParseUint(m.Ref, 10, 32); return n }
+	for i := 1; i < len(msgs); i++ { // nearly always sorted already
+		for j := i; j > 0 && uid(msgs[j-1]) > uid(msgs[j]); j-- {
+			msgs[j-1], msgs[j] = msgs[j], msgs[j-1]
+		}
+	}
+}
+
+func parseRef(ref string) (imap.UID, error) {
+	n, err := strconv.ParseUint(ref, 10, 32)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("imap: bad message reference %q", ref)
+	}
+	return imap.UID(n), nil
+}
+
+// Open streams the message (bodyLines < 0) or its header and first
+// bodyLines body lines (TOP). The first chunk is fetched before Open
+// returns, so a message gone upstream gives backends.ErrMessageGone before
+// the proxy answers +OK. The reader must be closed before the next call.
+func (m *Mailbox) Open(ctx context.Context, msg backends.Message, bodyLines int) (io.ReadCloser, error) {
+	uid, err := parseRef(msg.Ref)
+	if err != nil {
+		return nil, err
+	}
+	if m.reader != nil {
+		m.reader.Close()
+	}
+	r := &msgReader{m: m, ctx: context.WithoutCancel(ctx), uid: uid, size: msg.Size, lines: bodyLines}
+	if bodyLines < 0 {
+		r.bufp = m.b.getBuf(msg.Size)
+	} else {
+		r.bufp = m.b.getBuf(64 << 10)
+	}
+	if bodyLines < 0 {
+		r.section = imap.PartSpecifierNone
+		r.limit = msg.Size
+	} else {
+		r.section = imap.PartSpecifierHeader
+		r.limit = -1
+	}
+	if err := r.fill(ctx, true); err != nil {
+		r.release()
+		return nil, err
+	}
+	m.reader = r
+	return r, nil
+}
+
+// Commit applies the policy to the deleted messages (RFC 1939 §6, UPDATE
+// state). Only these UIDs are touched; messages other clients flagged
+// \Deleted stay (DESIGN invariant 2).
+func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error {
+	if m.reader != nil {
+		m.reader.Close()
+	}
+	if len(deleted) == 0 || m.b.cfg.Delete.Policy == PolicyKeep {
+		if len(deleted) > 0 {
+			m.log.Debug().Int("messages", len(deleted)).Msg("delete policy keep: nothing changed upstream")
+		}
+		return m.guard(ctx, "commit", func() error { return nil }) // completes a pending \Seen
+	}
+	var uids imap.UIDSet
+	for _, d := range deleted {
+		uid, err := parseRef(d.Ref)
+		if err != nil {
+			return err
+		}
+		uids.AddNum(uid)
+	}
+	return m.guard(ctx, "commit", func() error {
+		switch m.b.cfg.Delete.Policy {
+		case PolicyFlag:
+			return m.store(uids, m.b.keyword)
+		case PolicyMove:
+			return m.move(uids)
+		default:
+			return m.expunge(uids)
+		}
+	})
+}
+
+func (m *Mailbox) store(uids imap.UIDSet, flag imap.Flag) error {
+	return m.c.Store(uids, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{flag}}, nil).Close()
+}
+
+// expunge removes exactly uids: UID STORE +FLAGS.SILENT (\Deleted) then
+// UID EXPUNGE (RFC 4315 §2.1). Without UIDPLUS a plain EXPUNGE would also
+// remove what other clients flagged \Deleted, so by default the messages
+// are only flagged.
+func (m *Mailbox) expunge(uids imap.UIDSet) error {
+	if err := m.store(uids, imap.FlagDeleted); err != nil {
+		return err
+	}
+	switch {
+	case m.caps.Has(imap.CapUIDPlus) || m.caps.Has(imap.CapIMAP4rev2):
+		return m.c.UIDExpunge(uids).Close()
+	case m.b.cfg.Delete.AllowPlainExpunge:
+		return m.c.Expunge().Close() // RFC 3501 §6.4.3, allowed by configuration
+	default:
+		m.b.warnNoUIDPlus.Do(func() {
+			m.b.log.Warn().Str("address", m.b.cfg.Address).Msg("upstream lacks UIDPLUS: deleted messages are only flagged \\Deleted, not expunged (set delete.allow_plain_expunge to expunge anyway)")
+		})
+		return nil
+	}
+}
+
+// move moves uids to the folder: UID MOVE (RFC 6851 §3.2) when offered,
+// else UID COPY and the same scoped expunge as policy expunge. A missing
+// folder is created once ([TRYCREATE], RFC 3501 §6.4.7).
+func (m *Mailbox) move(uids imap.UIDSet) error {
+	folder := m.b.cfg.Delete.Folder
+	do := func() error {
+		if m.caps.Has(imap.CapMove) || m.caps.Has(imap.CapIMAP4rev2) {
+			_, err := moveCmd(m.c, uids, folder)
+			return err
+		}
+		if _, err := m.c.Copy(uids, folder).Wait(); err != nil {
+			return err
+		}
+		return m.expunge(uids)
+	}
+	err := do()
+	var ie *imap.Error
+	if errors.As(err, &ie) && ie.Code == imap.ResponseCodeTryCreate {
+		if cerr := m.c.Create(folder, nil).Wait(); cerr != nil {
+			return fmt.Errorf("%w; create %q: %v", err, folder, cerr)
+		}
+		err = do()
+	}
+	return err
+}
+
+// moveCmd sends UID MOVE. (go-imap's Client.Move falls back on its own to
+// a plain EXPUNGE without UIDPLUS; it is only called when MOVE is offered.)
+func moveCmd(c *imapclient.Client, uids imap.UIDSet, folder string) (*imapclient.MoveData, error) {
+	return c.Move(uids, folder).Wait()
+}
+
+// Close logs out (no CLOSE, which would expunge) and closes the connection.
+func (m *Mailbox) Close() error {
+	if m.closed {
+		return nil
+	}
+	if m.reader != nil {
+		m.reader.Close()
+	}
+	m.closed = true
+	if m.broken == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), min(m.b.cfg.CommandTimeout, 5*time.Second))
+		defer cancel()
+		stop := context.AfterFunc(ctx, func() { m.conn.Close() })
+		m.flushPending()
+		m.c.Logout().Wait() // RFC 3501 §6.1.3
+		stop()
+	}
+	m.c.Close()
+	return nil
+}

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/popgate/popgate/internal/config"
+)
+
+func runCheckConfig(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("check-config", "[--config FILE]",
+		"Validate a configuration file. Prints what it sets up (listeners, certificate,\n"+
+			"backends, routes) and exits 0, or prints every problem found and exits 2.\n"+
+			"It checks that the certificate and CA files exist but contacts no server.", stdout, stderr)
+	path := configFlag(fs)
+	if code, done := parseFlags(fs, args, stdout); done {
+		return code
+	}
+	c, err := config.Load(*path)
+	if err == nil {
+		if ps := checkBackends(c); len(ps) > 0 {
+			err = &config.FileError{Path: *path, Err: ps}
+		}
+	}
+	if err != nil {
+		printConfigProblems(stderr, *path, err)
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	summarize(stdout, c)
+	return exitOK
+}
+
+// printConfigProblems prints every problem of a file: one line when there
+// is one, else a count and one indented line each.
+func printConfigProblems(w io.Writer, path string, err error) {
+	var fe *config.FileError
+	if !errors.As(err, &fe) {
+		fmt.Fprintf(w, "popgate: %s: %v\n", path, err)
+		return
+	}
+	ps := fe.Problems()
+	if len(ps) == 1 {
+		fmt.Fprintf(w, "popgate: %s: %v\n", path, ps[0])
+		return
+	}
+	fmt.Fprintf(w, "popgate: %s: %d problems:\n", path, len(ps))
+	for _, p := range ps {
+		fmt.Fprintf(w, "  %v\n", p)
+	}
+}
+
+// summarize prints what a valid configuration sets up.
+func summarize(w io.Writer, c *config.Config) {
+	fmt.Fprintf(w, "listeners:\n")
+	for _, l := range c.Listeners {
+		fmt.Fprintf(w, "  %-24s %s\n", l.Address, l.TLS)
+	}
+	switch {
+	case c.TLS == nil:
+		fmt.Fprintf(w, "tls: none configured\n")
+	case c.TLS.ACME != nil:
+		a := c.TLS.ACME
+		ca := a.CA
+		if ca == "" {
+			ca = "Let's Encrypt"
+		}
+		fmt.Fprintf(w, "tls: ACME certificate for %s from %s (challenge %s, storage %s)\n",
+			strings.Join(a.Domains, ", "), ca, a.Challenge, a.Storage)
+	default:
+		fmt.Fprintf(w, "tls: certificate %s, key %s\n", c.TLS.CertFile, c.TLS.KeyFile)
+	}
+	fmt.Fprintf(w, "backends:\n")
+	for _, name := range c.BackendNames() {
+		b := c.Backends[name]
+		policy := b.Delete.Policy
+		switch policy {
+		case config.PolicyMove:
+			policy += " to " + b.Delete.Folder
+		case config.PolicyFlag:
+			policy += " with " + b.Delete.Keyword
+		}
+		extra := ""
+		if b.InsecureSkipVerify {
+			extra = ", certificate NOT verified"
+		}
+		fmt.Fprintf(w, "  %-12s %s %s (tls %s%s), mailbox %s, delete: %s\n", name, b.Type, b.Address, b.TLS, extra, b.Mailbox, policy)
+	}
+	fmt.Fprintf(w, "routes (first match wins):\n")
+	for i, r := range c.Routes {
+		var rw []string
+		if r.Rewrite.StripDomain {
+			rw = append(rw, "strip domain")
+		}
+		if r.Rewrite.AddDomain != "" {
+			rw = append(rw, "add @"+r.Rewrite.AddDomain)
+		}
+		s := ""
+		if len(rw) > 0 {
+			s = " (" + strings.Join(rw, ", ") + ")"
+		}
+		fmt.Fprintf(w, "  %d. %-20s -> %s%s\n", i+1, r.Match, r.Backend, s)
+	}
+	plain := "refused before TLS"
+	if c.Auth.AllowPlaintext {
+		plain = "ALLOWED before TLS"
+	}
+	fmt.Fprintf(w, "auth: plaintext logins %s; failure delay %s, at most %d failures per connection\n",
+		plain, c.Auth.FailureDelay, c.Auth.MaxFailures)
+	s := c.Session
+	fmt.Fprintf(w, "session: idle %s, login %s; at most %d connections, %d per client address\n",
+		s.IdleTimeout, s.LoginTimeout, s.MaxConnections, s.MaxConnectionsPerIP)
+	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
+	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
+}

@@ -1,0 +1,284 @@
+// Package config reads and checks popgate's YAML configuration file.
+//
+// The file is strict: an unknown key is an error naming the key and its line.
+// Scalar values may use ${NAME} to take an environment variable (so secrets
+// stay out of the file); an unset variable is an error. Durations are written
+// like 30s, 10m or 1h. Keys left out take the defaults documented on each
+// field (and in config.example.yaml).
+//
+// Parse and Load report every problem of a file at once, each naming the key
+// path (for example routes[1].backend) and, when known, its line.
+package config
+
+import (
+	"sort"
+	"time"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listeners are the addresses popgate accepts POP3 clients on.
+	Listeners []Listener `yaml:"listeners"`
+	// TLS holds the server certificate; required when a listener uses
+	// starttls or implicit TLS.
+	TLS *TLS `yaml:"tls"`
+	// Backends are the named upstream stores.
+	Backends map[string]*Backend `yaml:"backends"`
+	// Routes map login names to backends; the first match wins.
+	Routes []Route `yaml:"routes"`
+	// Auth controls login.
+	Auth Auth `yaml:"auth"`
+	// Session holds per-connection timeouts and limits.
+	Session Session `yaml:"session"`
+	// Shutdown controls SIGTERM/SIGINT.
+	Shutdown Shutdown `yaml:"shutdown"`
+	// Log controls the log output.
+	Log Log `yaml:"log"`
+
+	// Path is the file the configuration was loaded from ("" for Parse).
+	Path string `yaml:"-"`
+
+	backendOrder []string       // backend names in file order
+	lines        map[string]int // key path -> line
+}
+
+// TLS modes of a listener and of an upstream connection.
+const (
+	TLSNone     = "none"
+	TLSStartTLS = "starttls"
+	TLSImplicit = "implicit"
+)
+
+// Listener is one address popgate accepts clients on.
+type Listener struct {
+	// Address is host:port, e.g. 0.0.0.0:995 or [::]:110.
+	Address string `yaml:"address"`
+	// TLS is none, starttls (STLS offered, RFC 2595) or implicit (POP3S,
+	// RFC 8314). Required.
+	TLS string `yaml:"tls"`
+}
+
+// TLS is the server certificate: static files or ACME, not both.
+type TLS struct {
+	CertFile string `yaml:"cert_file"` // PEM certificate with its chain
+	KeyFile  string `yaml:"key_file"`  // PEM private key
+	// MinVersion is 1.0, 1.1, 1.2 or 1.3 (default 1.2).
+	MinVersion string `yaml:"min_version"`
+	// ACME obtains and renews the certificate automatically.
+	ACME *ACME `yaml:"acme"`
+}
+
+// ACME configures automatic certificates (Let's Encrypt or another CA).
+type ACME struct {
+	Domains []string `yaml:"domains"` // names on the certificate; required
+	Email   string   `yaml:"email"`   // account contact
+	// CA is the directory URL (default: Let's Encrypt production).
+	CA string `yaml:"ca"`
+	// CARoot is a PEM file with an extra trusted root for the CA's own
+	// endpoint (private CAs, tests).
+	CARoot string `yaml:"ca_root"`
+	// Storage is the folder for account keys and certificates (default
+	// /var/lib/popgate/acme).
+	Storage string `yaml:"storage"`
+	// Challenge is tls-alpn (default; answered on the implicit-TLS
+	// listeners and on TLSALPNAddress) or http (answered on HTTPAddress).
+	Challenge string `yaml:"challenge"`
+	// HTTPAddress is where the http challenge is answered (default :80).
+	HTTPAddress string `yaml:"http_address"`
+	// TLSALPNAddress is where the tls-alpn challenge is answered when no
+	// implicit-TLS listener of popgate is there (default :443; the CA always
+	// connects to port 443).
+	TLSALPNAddress string `yaml:"tls_alpn_address"`
+}
+
+// DefaultACMEStorage is where ACME state lives when storage is not set.
+const DefaultACMEStorage = "/var/lib/popgate/acme"
+
+// Backend is one upstream store. Only type imap exists in this version.
+type Backend struct {
+	Type    string `yaml:"type"`    // imap
+	Address string `yaml:"address"` // host:port
+	// TLS toward the store: implicit, starttls or none. Required.
+	TLS                string        `yaml:"tls"`
+	ServerName         string        `yaml:"server_name"`          // name to verify (default: host of address)
+	CAFile             string        `yaml:"ca_file"`              // extra trusted roots (PEM)
+	MinVersion         string        `yaml:"min_version"`          // default 1.2
+	InsecureSkipVerify bool          `yaml:"insecure_skip_verify"` // never in production
+	DialTimeout        time.Duration `yaml:"dial_timeout"`         // default 10s
+	CommandTimeout     time.Duration `yaml:"command_timeout"`      // default 30s
+	Mailbox            string        `yaml:"mailbox"`              // default INBOX
+	// UIDLTemplate forms UIDLs; empty is Dovecot's default %08Xu%08Xv.
+	UIDLTemplate string `yaml:"uidl_template"`
+	// MarkSeen sets \Seen upstream on RETR (default true).
+	MarkSeen *bool  `yaml:"mark_seen"`
+	Delete   Delete `yaml:"delete"`
+}
+
+// Delete is what QUIT does upstream with the messages the client deleted.
+type Delete struct {
+	// Policy is expunge (default), move, flag or keep.
+	Policy string `yaml:"policy"`
+	// Folder is the target of policy move.
+	Folder string `yaml:"folder"`
+	// Keyword is the flag of policy flag (default $POP3Deleted).
+	Keyword string `yaml:"keyword"`
+	// AllowPlainExpunge allows a plain EXPUNGE on servers without UIDPLUS
+	// (it also removes messages other clients flagged \Deleted).
+	AllowPlainExpunge bool `yaml:"allow_plain_expunge"`
+}
+
+// Delete policies.
+const (
+	PolicyExpunge = "expunge"
+	PolicyMove    = "move"
+	PolicyFlag    = "flag"
+	PolicyKeep    = "keep"
+)
+
+// DefaultDeleteKeyword is the keyword of policy flag when none is set.
+const DefaultDeleteKeyword = "$POP3Deleted"
+
+// Route sends the logins it matches to a backend.
+type Route struct {
+	// Match is "*" (everyone), "*@example.com" (a domain, case-insensitive)
+	// or an exact login name.
+	Match   string  `yaml:"match"`
+	Backend string  `yaml:"backend"`
+	Rewrite Rewrite `yaml:"rewrite"`
+}
+
+// Rewrite changes the login name sent upstream (strip first, then add).
+type Rewrite struct {
+	StripDomain bool   `yaml:"strip_domain"` // "alice@example.com" -> "alice"
+	AddDomain   string `yaml:"add_domain"`   // "alice" -> "alice@example.com"
+}
+
+// Auth controls logins.
+type Auth struct {
+	// AllowPlaintext allows USER/PASS and AUTH PLAIN/LOGIN before TLS.
+	AllowPlaintext bool `yaml:"allow_plaintext"`
+	// FailureDelay is the pause before answering a failed login (default 2s).
+	FailureDelay time.Duration `yaml:"failure_delay"`
+	// MaxFailures closes the connection after this many failed logins
+	// (default 3).
+	MaxFailures int `yaml:"max_failures"`
+}
+
+// Session holds per-connection timeouts and limits.
+type Session struct {
+	// IdleTimeout closes an idle logged-in session (default 10m, the
+	// minimum of RFC 1939 §3).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// LoginTimeout closes a connection that has not logged in (default 1m).
+	LoginTimeout time.Duration `yaml:"login_timeout"`
+	// WriteTimeout is the deadline of every write to the client (default 1m).
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// CommandTimeout bounds each backend call of a command (default 1m).
+	CommandTimeout time.Duration `yaml:"command_timeout"`
+	// MaxErrors closes the connection after this many consecutive -ERR
+	// (default 10).
+	MaxErrors int `yaml:"max_errors"`
+	// MaxConnections is the limit of open connections (default 1000; 0: no
+	// limit).
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP is the limit per client address (default 50; 0:
+	// no limit).
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
+	// LoginDelay is announced as LOGIN-DELAY (RFC 2449 §6.5); 0: not announced.
+	LoginDelay time.Duration `yaml:"login_delay"`
+	// Expire is announced as EXPIRE (RFC 2449 §6.7): NEVER or a number of
+	// days; empty: not announced.
+	Expire string `yaml:"expire"`
+}
+
+// Shutdown controls graceful stop.
+type Shutdown struct {
+	// DrainTimeout is how long open sessions may finish after SIGTERM or
+	// SIGINT (default 30s); then they are closed without committing.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+// Log controls the log output.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // json (default) or console
+}
+
+// Defaults returns a configuration holding every default and nothing else.
+func Defaults() *Config {
+	return &Config{
+		Auth: Auth{
+			FailureDelay: 2 * time.Second,
+			MaxFailures:  3,
+		},
+		Session: Session{
+			IdleTimeout:         10 * time.Minute,
+			LoginTimeout:        time.Minute,
+			WriteTimeout:        time.Minute,
+			CommandTimeout:      time.Minute,
+			MaxErrors:           10,
+			MaxConnections:      1000,
+			MaxConnectionsPerIP: 50,
+		},
+		Shutdown: Shutdown{DrainTimeout: 30 * time.Second},
+		Log:      Log{Level: "info", Format: "json"},
+	}
+}
+
+// Backend defaults applied to every backend after parsing.
+const (
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultCommandTimeout = 30 * time.Second
+	DefaultMailbox        = "INBOX"
+)
+
+// applyDefaults fills what the file left out inside lists and maps (the
+// top-level defaults are in place before decoding).
+func (c *Config) applyDefaults() {
+	for _, b := range c.Backends {
+		if b == nil {
+			continue
+		}
+		if b.DialTimeout == 0 {
+			b.DialTimeout = DefaultDialTimeout
+		}
+		if b.CommandTimeout == 0 {
+			b.CommandTimeout = DefaultCommandTimeout
+		}
+		if b.Mailbox == "" {
+			b.Mailbox = DefaultMailbox
+		}
+		if b.MarkSeen == nil {
+			t := true
+			b.MarkSeen = &t
+		}
+		if b.Delete.Policy == "" {
+			b.Delete.Policy = PolicyExpunge
+		}
+		if b.Delete.Policy == PolicyFlag && b.Delete.Keyword == "" {
+			b.Delete.Keyword = DefaultDeleteKeyword
+		}
+	}
+	if c.TLS != nil && c.TLS.ACME != nil {
+		a := c.TLS.ACME
+		if a.Challenge == "" {
+			a.Challenge = "tls-alpn"
+		}
+		if a.Storage == "" {
+			a.Storage = DefaultACMEStorage
+		}
+	}
+}
+
+// BackendNames returns the backend names in the order of the file.
+func (c *Config) BackendNames() []string {
+	if len(c.backendOrder) == len(c.Backends) {
+		return append([]string(nil), c.backendOrder...)
+	}
+	names := make([]string, 0, len(c.Backends))
+	for n := range c.Backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

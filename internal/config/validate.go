@@ -1,0 +1,333 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/popgate/popgate/tlsconf"
+)
+
+// Validate checks the values of a parsed configuration and returns every
+// problem found (a Problems), or nil. Parse and Load call it.
+func (c *Config) Validate() error {
+	if ps := c.validate(); len(ps) > 0 {
+		return ps
+	}
+	return nil
+}
+
+type checker struct {
+	c  *Config
+	ps Problems
+}
+
+func (k *checker) add(path, format string, args ...any) {
+	k.ps = append(k.ps, Problem{Path: path, Line: k.c.lineOf(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// lineOf returns the line of path or of its nearest parent in the file.
+func (c *Config) lineOf(path string) int {
+	for p := path; p != ""; {
+		if l, ok := c.lines[p]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return 0
+}
+
+func (c *Config) validate() Problems {
+	k := &checker{c: c}
+	k.listeners()
+	k.tls()
+	k.backends()
+	k.routes()
+	k.auth()
+	k.session()
+	if c.Shutdown.DrainTimeout < 0 {
+		k.add("shutdown.drain_timeout", "must not be negative")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		k.add("log.level", "unknown level %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		k.add("log.format", "unknown format %q (want json or console)", c.Log.Format)
+	}
+	return k.ps
+}
+
+// checkAddress checks a host:port to listen on or dial.
+func checkAddress(addr string) error {
+	if addr == "" {
+		return fmt.Errorf("required (host:port, for example 0.0.0.0:995)")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (%s)", addr, strings.TrimPrefix(err.Error(), "address "+addr+": "))
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
+}
+
+func (k *checker) listeners() {
+	c := k.c
+	if len(c.Listeners) == 0 {
+		k.add("listeners", "at least one listener is required")
+	}
+	seen := map[string]int{}
+	for i, l := range c.Listeners {
+		p := fmt.Sprintf("listeners[%d]", i)
+		if err := checkAddress(l.Address); err != nil {
+			k.add(p+".address", "%v", err)
+		} else if j, dup := seen[l.Address]; dup {
+			k.add(p+".address", "%q is already used by listeners[%d]", l.Address, j)
+		} else {
+			seen[l.Address] = i
+		}
+		switch l.TLS {
+		case TLSNone:
+			if !c.Auth.AllowPlaintext {
+				k.add(p+".tls", "none without auth.allow_plaintext: true lets no client log in (use starttls or implicit, or allow plaintext logins)")
+			}
+		case TLSStartTLS, TLSImplicit:
+			if c.TLS == nil {
+				k.add(p+".tls", "%s needs a certificate: add a tls section (cert_file and key_file, or acme)", l.TLS)
+			}
+		case "":
+			k.add(p+".tls", "required (none, starttls or implicit)")
+		default:
+			k.add(p+".tls", "unknown mode %q (want none, starttls or implicit)", l.TLS)
+		}
+	}
+}
+
+func checkFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if pe, ok := err.(*os.PathError); ok {
+			return fmt.Errorf("%s: %v", path, pe.Err)
+		}
+		return err
+	}
+	return f.Close()
+}
+
+func (k *checker) tls() {
+	t := k.c.TLS
+	if t == nil {
+		return
+	}
+	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
+		k.add("tls.min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", t.MinVersion)
+	}
+	static := t.CertFile != "" || t.KeyFile != ""
+	switch {
+	case static && t.ACME != nil:
+		k.add("tls", "use either cert_file/key_file or acme, not both")
+	case !static && t.ACME == nil:
+		k.add("tls", "set cert_file and key_file, or acme")
+	case static:
+		for _, f := range []struct{ key, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+			if f.path == "" {
+				k.add("tls."+f.key, "required with %s", map[string]string{"cert_file": "key_file", "key_file": "cert_file"}[f.key])
+			} else if err := checkFile(f.path); err != nil {
+				k.add("tls."+f.key, "%v", err)
+			}
+		}
+	default:
+		a := t.ACME
+		if len(a.Domains) == 0 {
+			k.add("tls.acme.domains", "at least one domain is required")
+		}
+		for i, d := range a.Domains {
+			if d == "" || strings.ContainsAny(d, " /:@") {
+				k.add(fmt.Sprintf("tls.acme.domains[%d]", i), "%q is not a domain name", d)
+			}
+		}
+		if a.CA != "" && !strings.HasPrefix(a.CA, "https://") {
+			k.add("tls.acme.ca", "%q is not an https:// directory URL", a.CA)
+		}
+		if a.CARoot != "" {
+			if err := checkFile(a.CARoot); err != nil {
+				k.add("tls.acme.ca_root", "%v", err)
+			}
+		}
+		switch a.Challenge {
+		case "tls-alpn":
+			if a.HTTPAddress != "" {
+				k.add("tls.acme.http_address", "only used with challenge: http")
+			}
+			if a.TLSALPNAddress != "" {
+				if err := checkAddress(a.TLSALPNAddress); err != nil {
+					k.add("tls.acme.tls_alpn_address", "%v", err)
+				}
+			}
+		case "http":
+			if a.HTTPAddress != "" {
+				if err := checkAddress(a.HTTPAddress); err != nil {
+					k.add("tls.acme.http_address", "%v", err)
+				}
+			}
+			if a.TLSALPNAddress != "" {
+				k.add("tls.acme.tls_alpn_address", "only used with challenge: tls-alpn")
+			}
+		default:
+			k.add("tls.acme.challenge", "unknown challenge %q (want tls-alpn or http)", a.Challenge)
+		}
+	}
+}
+
+func (k *checker) backends() {
+	c := k.c
+	if len(c.Backends) == 0 {
+		k.add("backends", "at least one backend is required")
+	}
+	for _, name := range c.BackendNames() {
+		b := c.Backends[name]
+		p := "backends." + name
+		if b == nil {
+			k.add(p, "empty backend (set at least type and address)")
+			continue
+		}
+		if strings.ContainsAny(name, "/ \t") || name == "" {
+			k.add(p, "a backend name must not be empty or hold '/' or spaces")
+		}
+		switch b.Type {
+		case "imap":
+		case "":
+			k.add(p+".type", "required (imap)")
+			continue
+		case "jmap", "httpapi":
+			k.add(p+".type", "type %q is not available in this version (only imap)", b.Type)
+			continue
+		default:
+			k.add(p+".type", "unknown type %q (only imap)", b.Type)
+			continue
+		}
+		if err := checkAddress(b.Address); err != nil {
+			k.add(p+".address", "%v", err)
+		}
+		switch b.TLS {
+		case TLSNone, TLSStartTLS, TLSImplicit:
+		case "":
+			k.add(p+".tls", "required (implicit, starttls or none)")
+		default:
+			k.add(p+".tls", "unknown mode %q (want implicit, starttls or none)", b.TLS)
+		}
+		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
+			k.add(p+".min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", b.MinVersion)
+		}
+		if b.CAFile != "" {
+			if err := checkFile(b.CAFile); err != nil {
+				k.add(p+".ca_file", "%v", err)
+			}
+		}
+		if b.TLS == TLSNone && (b.CAFile != "" || b.ServerName != "" || b.InsecureSkipVerify) {
+			k.add(p+".tls", "none, but server_name, ca_file or insecure_skip_verify is set")
+		}
+		if b.Mailbox == "" {
+			k.add(p+".mailbox", "must not be empty")
+		}
+		if strings.ContainsAny(b.UIDLTemplate, " \t\r\n") {
+			k.add(p+".uidl_template", "must not contain spaces (UIDLs are 0x21–0x7E only, RFC 1939 §7)")
+		}
+		d := b.Delete
+		switch d.Policy {
+		case PolicyExpunge, PolicyKeep:
+		case PolicyMove:
+			if d.Folder == "" {
+				k.add(p+".delete.folder", "required with policy move")
+			}
+		case PolicyFlag:
+			if strings.ContainsAny(d.Keyword, " ()[]{}%*\"\\") {
+				k.add(p+".delete.keyword", "%q is not a valid IMAP keyword", d.Keyword)
+			}
+		default:
+			k.add(p+".delete.policy", "unknown policy %q (want expunge, move, flag or keep)", d.Policy)
+		}
+		if d.Folder != "" && d.Policy != PolicyMove {
+			k.add(p+".delete.folder", "only used with policy move")
+		}
+	}
+}
+
+func (k *checker) routes() {
+	c := k.c
+	if len(c.Routes) == 0 {
+		k.add("routes", "at least one route is required (for example match: \"*\")")
+	}
+	for i, r := range c.Routes {
+		p := fmt.Sprintf("routes[%d]", i)
+		switch {
+		case r.Match == "":
+			k.add(p+".match", "required (\"*\", \"*@example.com\" or a login name)")
+		case r.Match == "*":
+		case strings.HasPrefix(r.Match, "*@"):
+			if dom := r.Match[2:]; dom == "" || strings.ContainsAny(dom, "*@ ") {
+				k.add(p+".match", "%q: want \"*@\" followed by a domain", r.Match)
+			}
+		case strings.Contains(r.Match, "*"):
+			k.add(p+".match", "%q: a wildcard is only allowed as \"*\" or \"*@domain\"", r.Match)
+		}
+		if r.Backend == "" {
+			k.add(p+".backend", "required")
+		} else if _, ok := c.Backends[r.Backend]; !ok {
+			k.add(p+".backend", "unknown backend %q", r.Backend)
+		}
+		if a := r.Rewrite.AddDomain; a != "" && strings.ContainsAny(a, "@ *") {
+			k.add(p+".rewrite.add_domain", "%q: want a bare domain such as example.com", a)
+		}
+	}
+}
+
+func (k *checker) auth() {
+	a := k.c.Auth
+	if a.MaxFailures < 1 {
+		k.add("auth.max_failures", "must be at least 1")
+	}
+}
+
+func (k *checker) session() {
+	s := k.c.Session
+	if s.MaxErrors < 1 {
+		k.add("session.max_errors", "must be at least 1")
+	}
+	for _, d := range []struct {
+		key string
+		v   int
+	}{{"max_connections", s.MaxConnections}, {"max_connections_per_ip", s.MaxConnectionsPerIP}} {
+		if d.v < 0 {
+			k.add("session."+d.key, "must not be negative (0: no limit)")
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   int64
+	}{{"idle_timeout", int64(s.IdleTimeout)}, {"login_timeout", int64(s.LoginTimeout)}, {"write_timeout", int64(s.WriteTimeout)}, {"command_timeout", int64(s.CommandTimeout)}} {
+		if d.v <= 0 {
+			k.add("session."+d.key, "must be more than 0")
+		}
+	}
+	if s.MaxConnectionsPerIP > s.MaxConnections && s.MaxConnections > 0 {
+		k.add("session.max_connections_per_ip", "is more than session.max_connections (%d)", s.MaxConnections)
+	}
+	if e := s.Expire; e != "" && !strings.EqualFold(e, "NEVER") {
+		if n, err := strconv.Atoi(e); err != nil || n < 0 {
+			k.add("session.expire", "%q: want NEVER or a number of days", e)
+		}
+	}
+}

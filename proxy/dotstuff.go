@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+)
+
+// dotWriter frames a message as a POP3 multi-line response body (RFC 1939
+// §3): a line starting with '.' gets one more '.', a bare LF becomes CRLF,
+// and Close ends the body with CRLF.CRLF, adding a CRLF first if the
+// message did not end with one. It holds no more than two bits of state, so
+// memory does not depend on the message size (DESIGN invariant 7).
+type dotWriter struct {
+	w      *bufio.Writer
+	midLn  bool  // some octets of the current line were written
+	prevCR bool  // the last octet written was CR
+	n      int64 // octets received, before stuffing
+}
+
+var crlf = []byte("\r\n")
+
+func (d *dotWriter) Write(p []byte) (int, error) {
+	d.n += int64(len(p))
+	total := len(p)
+	for len(p) > 0 {
+		if !d.midLn && p[0] == '.' {
+			// RFC 1939 §3: byte-stuff a line beginning with the termination octet.
+			if err := d.w.WriteByte('.'); err != nil {
+				return 0, err
+			}
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			if _, err := d.w.Write(p); err != nil {
+				return 0, err
+			}
+			d.midLn = true
+			d.prevCR = p[len(p)-1] == '\r'
+			break
+		}
+		cr := i > 0 && p[i-1] == '\r' || i == 0 && d.prevCR
+		if cr {
+			if _, err := d.w.Write(p[:i+1]); err != nil {
+				return 0, err
+			}
+		} else {
+			// A bare LF ends a line too: send CRLF (RFC 1939 §3, lines end in CRLF).
+			if _, err := d.w.Write(p[:i]); err != nil {
+				return 0, err
+			}
+			if _, err := d.w.Write(crlf); err != nil {
+				return 0, err
+			}
+		}
+		d.midLn, d.prevCR = false, false
+		p = p[i+1:]
+	}
+	return total, nil
+}
+
+// Close writes the terminator. It does not flush.
+func (d *dotWriter) Close() error {
+	if d.midLn {
+		if d.prevCR {
+			d.w.WriteByte('\n')
+		} else {
+			d.w.Write(crlf)
+		}
+	}
+	_, err := d.w.WriteString(".\r\n")
+	return err
+}
+
+// topReader passes the header of a message, the empty line after it, and
+// the first k body lines, then reports io.EOF (RFC 1939 §7, TOP). It makes
+// TOP correct even when a backend returns the whole message.
+type topReader struct {
+	r       io.Reader
+	k       int  // body lines still to pass
+	inBody  bool // the empty line ending the header was passed
+	nonBlnk bool // the current header line has an octet other than CR
+	done    bool
+}
+
+func (t *topReader) Read(p []byte) (int, error) {
+	if t.done || t.inBody && t.k <= 0 {
+		t.done = true
+		return 0, io.EOF
+	}
+	n, err := t.r.Read(p)
+	for i := 0; i < n; i++ {
+		c := p[i]
+		if !t.inBody {
+			switch c {
+			case '\n':
+				if !t.nonBlnk {
+					t.inBody = true
+					if t.k <= 0 {
+						t.done = true
+						return i + 1, nil
+					}
+				}
+				t.nonBlnk = false
+			case '\r':
+			default:
+				t.nonBlnk = true
+			}
+			continue
+		}
+		j := bytes.IndexByte(p[i:n], '\n')
+		if j < 0 {
+			break
+		}
+		i += j
+		if t.k--; t.k <= 0 {
+			t.done = true
+			return i + 1, nil
+		}
+	}
+	return n, err
+}
+
+// writerOnly and readerOnly hide ReadFrom/WriteTo so that io.CopyBuffer
+// uses its fixed buffer.
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }

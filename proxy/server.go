@@ -1,0 +1,321 @@
+// Package proxy is popgate's POP3 protocol engine: it accepts client
+// connections (plain, STLS or implicit TLS), speaks POP3 to them (RFC 1939,
+// RFC 2449, RFC 2595, RFC 5034) and drives one backends.Mailbox per
+// session. It never imports a concrete backend.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/lock"
+)
+
+// TLSMode is how a listener protects its connections.
+type TLSMode string
+
+// The listener TLS modes.
+const (
+	TLSNone     TLSMode = "none"     // plain POP3, no STLS offered
+	TLSStartTLS TLSMode = "starttls" // plain POP3 with STLS (RFC 2595 §4)
+	TLSImplicit TLSMode = "implicit" // POP3S: TLS from the first byte (RFC 8314 §3.3)
+)
+
+// Options configure a Server. Zero durations and counts take the defaults
+// documented on each field.
+type Options struct {
+	Backend backends.Backend // required; popgate's router is itself a Backend
+	Locker  lock.Locker      // nil: an in-process lock.Local owned by the Server
+	// TLSConfig is required by starttls and implicit listeners. Certificates
+	// may be swapped through GetCertificate (reload).
+	TLSConfig *tls.Config
+	// AllowPlaintext allows USER/PASS and AUTH PLAIN/LOGIN before TLS.
+	AllowPlaintext   bool
+	IdleTimeout      time.Duration // TRANSACTION idle; default 10m (RFC 1939 §3 minimum)
+	LoginTimeout     time.Duration // before login (and TLS handshakes); default 60s
+	WriteTimeout     time.Duration // deadline per write; default 60s
+	CommandTimeout   time.Duration // deadline of each backend call (Login/Snapshot/Open/Commit); default 60s
+	AuthFailureDelay time.Duration // default 2s; negative: no delay
+	MaxAuthFailures  int           // per connection, default 3
+	MaxErrors        int           // consecutive -ERR answers before close, default 10
+	MaxConns         int           // 0 = unlimited
+	MaxConnsPerIP    int           // 0 = unlimited
+	LoginDelay       time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
+	Expire           string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
+	Implementation   string        // CAPA IMPLEMENTATION; default "popgate"
+	Logger           zerolog.Logger
+}
+
+// Defaults of Options.
+const (
+	DefaultIdleTimeout      = 10 * time.Minute
+	DefaultLoginTimeout     = 60 * time.Second
+	DefaultWriteTimeout     = 60 * time.Second
+	DefaultCommandTimeout   = 60 * time.Second
+	DefaultAuthFailureDelay = 2 * time.Second
+	DefaultMaxAuthFailures  = 3
+	DefaultMaxErrors        = 10
+)
+
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.IdleTimeout, DefaultIdleTimeout)
+	def(&o.LoginTimeout, DefaultLoginTimeout)
+	def(&o.WriteTimeout, DefaultWriteTimeout)
+	def(&o.CommandTimeout, DefaultCommandTimeout)
+	def(&o.AuthFailureDelay, DefaultAuthFailureDelay)
+	if o.AuthFailureDelay < 0 {
+		o.AuthFailureDelay = 0
+	}
+	if o.MaxAuthFailures <= 0 {
+		o.MaxAuthFailures = DefaultMaxAuthFailures
+	}
+	if o.MaxErrors <= 0 {
+		o.MaxErrors = DefaultMaxErrors
+	}
+	if o.Implementation == "" {
+		o.Implementation = "popgate"
+	}
+	return o
+}
+
+// ListenerConfig describes one listener passed to Serve.
+type ListenerConfig struct {
+	Name string // for logs ("pop3", "pop3s", …)
+	TLS  TLSMode
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Server serves POP3 on any number of listeners. Its methods are safe for
+// concurrent use.
+type Server struct {
+	localLock *lock.Local
+
+	mu        sync.Mutex
+	opts      Options
+	closing   bool
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	total     int            // connections counted against MaxConns
+	perIP     map[string]int // connections per client IP
+	wg        sync.WaitGroup // session and rejection goroutines
+
+	nextID    atomic.Uint64
+	baseCtx   context.Context
+	cancelAll context.CancelFunc
+}
+
+// New returns a Server using opts.
+func New(opts Options) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		localLock: lock.NewLocal(),
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+		perIP:     map[string]int{},
+		baseCtx:   ctx,
+		cancelAll: cancel,
+	}
+	s.opts = s.normalize(opts)
+	return s
+}
+
+func (s *Server) normalize(o Options) Options {
+	o = o.withDefaults()
+	if o.Locker == nil {
+		o.Locker = s.localLock
+	}
+	return o
+}
+
+// Update replaces the options (SIGHUP reload): new sessions use opts, open
+// sessions keep the options they started with. Connection limits apply to
+// connections accepted after the call.
+func (s *Server) Update(opts Options) {
+	o := s.normalize(opts)
+	s.mu.Lock()
+	s.opts = o
+	s.mu.Unlock()
+}
+
+func (s *Server) options() Options {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts
+}
+
+// Serve accepts connections on l until Shutdown (it then returns
+// ErrServerClosed) or until l fails. It closes l when it returns.
+func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
+	defer l.Close()
+	switch lc.TLS {
+	case "":
+		lc.TLS = TLSNone
+	case TLSNone, TLSStartTLS, TLSImplicit:
+	default:
+		return fmt.Errorf("proxy: listener %q: unknown TLS mode %q", lc.Name, lc.TLS)
+	}
+	o := s.options()
+	if o.Backend == nil {
+		return errors.New("proxy: Options.Backend is nil")
+	}
+	if lc.TLS != TLSNone && o.TLSConfig == nil {
+		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// EMFILE and friends: back off and go on serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			o.Logger.Warn().Err(err).Str("listener", lc.Name).Dur("backoff", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.accept(nc, lc)
+	}
+}
+
+// accept registers nc and starts its goroutine, or rejects it when a
+// connection limit is reached (RFC 2449 §8: [SYS/TEMP]).
+func (s *Server) accept(nc net.Conn, lc ListenerConfig) {
+	ip := remoteIP(nc.RemoteAddr())
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	o := s.opts
+	id := s.nextID.Add(1)
+	over := (o.MaxConns > 0 && s.total >= o.MaxConns) || (o.MaxConnsPerIP > 0 && s.perIP[ip] >= o.MaxConnsPerIP)
+	s.wg.Add(1)
+	if over {
+		s.mu.Unlock()
+		go s.reject(nc, lc, o, id)
+		return
+	}
+	s.total++
+	s.perIP[ip]++
+	ss := newSession(s, nc, lc, o, id)
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer s.release(ss, ip)
+		ss.serve()
+	}()
+}
+
+func (s *Server) release(ss *session, ip string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss)
+	s.total--
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+}
+
+// reject answers a connection over the limits and closes it.
+func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64) {
+	defer s.wg.Done()
+	defer nc.Close()
+	log := o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
+	log.Warn().Msg("connection limit reached, connection refused")
+	c := nc
+	_ = nc.SetDeadline(time.Now().Add(min(o.WriteTimeout, 10*time.Second)))
+	if lc.TLS == TLSImplicit {
+		tc := tls.Server(nc, o.TLSConfig)
+		if err := tc.Handshake(); err != nil {
+			return
+		}
+		c = tc
+	}
+	_, _ = c.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+}
+
+// Shutdown stops accepting, waits for open sessions until ctx is done, then
+// closes the remaining ones without committing (DESIGN invariant 1) and
+// waits for their goroutines to end. It returns ctx.Err() when sessions had
+// to be closed, else nil.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancelAll()
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.kill(endShutdown)
+	}
+	s.mu.Unlock()
+	s.cancelAll() // interrupts backend calls in flight
+	<-done
+	return ctx.Err()
+}
+
+func remoteIP(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}

@@ -31,9 +31,11 @@ type Route struct {
 // rewritten) name. A login no route matches fails with ErrAuthFailed; the
 // reason goes to the log only.
 //
-// The Mailbox it returns reports MaildropID "backend/upstream-id", so that
-// the same upstream user reached through two routes is one maildrop, and two
-// backends with the same user names are not.
+// The Mailbox it returns reports MaildropID "backend/upstream-id" (the
+// backend's own MaildropID, else the upstream login name, prefixed with the
+// backend name unless it already is), so that the same upstream user reached
+// through two routes is one maildrop, and two backends with the same user
+// names are not.
 type Router struct {
 	routes   []Route
 	backends map[string]Backend
@@ -107,7 +109,7 @@ func (rt *Router) Resolve(login string) (backend, upstream string, ok bool) {
 func (rt *Router) Login(ctx context.Context, c Credentials) (Mailbox, error) {
 	name, upstream, ok := rt.Resolve(c.Username)
 	if !ok {
-		rt.log.Info().Str("user", c.Username).Msg("login refused: no route matches the login name")
+		rt.log.Debug().Str("user", c.Username).Msg("login refused: no route matches the login name")
 		return nil, ErrAuthFailed.Wrap(errors.New("no route matches the login name"))
 	}
 	b := rt.backends[name]
@@ -117,7 +119,11 @@ func (rt *Router) Login(ctx context.Context, c Credentials) (Mailbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &routedMailbox{Mailbox: mb, id: name + "/" + MaildropID(mb, uc)}, nil
+	id := MaildropID(mb, uc)
+	if !strings.HasPrefix(id, name+"/") {
+		id = name + "/" + id
+	}
+	return &routedMailbox{Mailbox: mb, id: id}, nil
 }
 
 // routedMailbox is the Mailbox of a backend behind the router, with the

@@ -115,6 +115,15 @@ func TestRouterMaildropIDUsesBackendID(t *testing.T) {
 	if id := MaildropID(mb, Credentials{Username: "Alice"}); id != "corp/alice" {
 		t.Errorf("MaildropID = %q, want corp/alice", id)
 	}
+	// a backend whose id already names it is not prefixed twice
+	recs["corp"].idFor = func(u string) string { return "corp/" + u }
+	mb, err = rt.Login(context.Background(), Credentials{Username: "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := MaildropID(mb, Credentials{Username: "bob"}); id != "corp/bob" {
+		t.Errorf("MaildropID = %q, want corp/bob", id)
+	}
 }
 
 func TestRouterNoMatchIsAuthFailureLoggedNotTold(t *testing.T) {

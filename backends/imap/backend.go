@@ -35,7 +35,7 @@ type Backend struct {
 	markSeen bool
 	keyword  imap.Flag
 	chunk    int
-	bufs     sync.Pool // *[]byte of chunk octets
+	pools    []bufPool // ascending sizes; the last is chunk octets
 
 	warnNoUIDPlus sync.Once
 }
@@ -79,7 +79,10 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 		keyword:  imap.Flag(cfg.Delete.Keyword),
 		chunk:    cfg.ChunkSize,
 	}
-	b.bufs.New = func() any { s := make([]byte, b.chunk); return &s }
+	for size := 16 << 10; size < b.chunk; size *= 4 {
+		b.pools = append(b.pools, newBufPool(size))
+	}
+	b.pools = append(b.pools, newBufPool(b.chunk))
 	if cfg.TLS != "none" {
 		host, _, _ := net.SplitHostPort(cfg.Address)
 		b.tls, err = cfg.Upstream.ClientConfig(host)
@@ -200,4 +203,34 @@ func authErr(err error) error {
 		return backends.ErrAuthFailed.Wrap(err)
 	}
 	return err
+}
+
+// bufPool recycles chunk buffers of one size.
+type bufPool struct {
+	size int
+	p    *sync.Pool
+}
+
+func newBufPool(size int) bufPool {
+	return bufPool{size: size, p: &sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
+}
+
+// getBuf returns a pooled buffer of at least n octets, at most the chunk
+// size.
+func (b *Backend) getBuf(n int64) *[]byte {
+	for _, p := range b.pools {
+		if int64(p.size) >= n {
+			return p.p.Get().(*[]byte)
+		}
+	}
+	return b.pools[len(b.pools)-1].p.Get().(*[]byte)
+}
+
+func (b *Backend) putBuf(buf *[]byte) {
+	for _, p := range b.pools {
+		if p.size == len(*buf) {
+			p.p.Put(buf)
+			return
+		}
+	}
 }

@@ -23,7 +23,7 @@ const (
 	DefaultKeyword      = "$POP3Deleted"
 	// DefaultChunkSize is how many octets of a message one UID FETCH
 	// BODY.PEEK[]<offset.size> reads.
-	DefaultChunkSize = 256 << 10
+	DefaultChunkSize = 1 << 20
 )
 
 // Delete policies.

@@ -142,31 +142,44 @@ func testLogger(t testing.TB) zerolog.Logger {
 }
 
 func harness(st store, policies ...string) backendtest.Harness {
+	return harnessWith(st, nil, policies...)
+}
+
+// harnessWith lets tweak adjust every backend's configuration.
+func harnessWith(st store, tweak func(*Config), policies ...string) backendtest.Harness {
 	return backendtest.Harness{
 		Policies:  policies,
 		MarksSeen: true,
 		NewMaildrop: func(t *testing.T, msgs [][]byte) backendtest.Maildrop {
-			user, pass := st.newUser(t)
-			c := st.dial(t, user, pass)
-			defer c.Close()
-			md := &maildrop{st: st, user: user, pass: pass}
-			for _, raw := range msgs {
-				uid, err := dovecot.AppendWith(c, "INBOX", raw)
-				if err != nil {
-					t.Fatal(err)
-				}
-				md.uids = append(md.uids, uid)
-			}
-			c.Logout().Wait()
+			md := seedMaildrop(t, st, msgs)
+			md.tweak = tweak
 			return md
 		},
 	}
+}
+
+// seedMaildrop creates a fresh user on st holding msgs in INBOX.
+func seedMaildrop(t testing.TB, st store, msgs [][]byte) *maildrop {
+	user, pass := st.newUser(t)
+	c := st.dial(t, user, pass)
+	defer c.Close()
+	md := &maildrop{st: st, user: user, pass: pass}
+	for _, raw := range msgs {
+		uid, err := dovecot.AppendWith(c, "INBOX", raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		md.uids = append(md.uids, uid)
+	}
+	c.Logout().Wait()
+	return md
 }
 
 type maildrop struct {
 	st         store
 	user, pass string
 	uids       []imap.UID
+	tweak      func(*Config)
 }
 
 func (md *maildrop) Credentials() backends.Credentials {
@@ -174,13 +187,17 @@ func (md *maildrop) Credentials() backends.Credentials {
 }
 
 func (md *maildrop) config(p backendtest.Policy) Config {
-	return Config{
+	c := Config{
 		Name:           "test",
 		Address:        md.st.addr(),
 		TLS:            "none",
 		CommandTimeout: 30 * time.Second,
 		Delete:         DeleteConfig{Policy: p.Name, Folder: p.Folder, Keyword: p.Keyword},
 	}
+	if md.tweak != nil {
+		md.tweak(&c)
+	}
+	return c
 }
 
 func (md *maildrop) Backend(t *testing.T, p backendtest.Policy) backends.Backend {
@@ -295,4 +312,12 @@ func TestConformanceMemServer(t *testing.T) {
 
 func TestConformanceDovecot(t *testing.T) {
 	backendtest.Run(t, harness(sharedDovecot(t), "move", "flag", "keep"))
+}
+
+// Small chunks: every message of some size is fetched in many partial
+// FETCHes, and TOP crosses chunk boundaries.
+func TestConformanceSmallChunks(t *testing.T) {
+	small := func(c *Config) { c.ChunkSize = 4096 }
+	t.Run("MemServer", func(t *testing.T) { backendtest.Run(t, harnessWith(newMemStore(t, nil), small)) })
+	t.Run("Dovecot", func(t *testing.T) { backendtest.Run(t, harnessWith(sharedDovecot(t), small)) })
 }

@@ -226,8 +226,11 @@ func (m *Mailbox) Open(ctx context.Context, msg backends.Message, bodyLines int)
 		m.reader.Close()
 	}
 	r := &msgReader{m: m, ctx: context.WithoutCancel(ctx), uid: uid, size: msg.Size, lines: bodyLines}
-	bp := m.b.bufs.Get().(*[]byte)
-	r.bufp = bp
+	if bodyLines < 0 {
+		r.bufp = m.b.getBuf(msg.Size)
+	} else {
+		r.bufp = m.b.getBuf(64 << 10)
+	}
 	if bodyLines < 0 {
 		r.section = imap.PartSpecifierNone
 		r.limit = msg.Size

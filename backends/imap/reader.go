@@ -42,7 +42,7 @@ type msgReader struct {
 
 func (r *msgReader) release() {
 	if r.bufp != nil {
-		r.m.b.bufs.Put(r.bufp)
+		r.m.b.putBuf(r.bufp)
 		r.bufp = nil
 		r.buf = nil
 	}

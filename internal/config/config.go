@@ -81,10 +81,14 @@ type ACME struct {
 	// /var/lib/popgate/acme).
 	Storage string `yaml:"storage"`
 	// Challenge is tls-alpn (default; answered on the implicit-TLS
-	// listeners) or http (answered on HTTPAddress).
+	// listeners and on TLSALPNAddress) or http (answered on HTTPAddress).
 	Challenge string `yaml:"challenge"`
-	// HTTPAddress is where the http challenge is answered, e.g. :80.
+	// HTTPAddress is where the http challenge is answered (default :80).
 	HTTPAddress string `yaml:"http_address"`
+	// TLSALPNAddress is where the tls-alpn challenge is answered when no
+	// implicit-TLS listener of popgate is there (default :443; the CA always
+	// connects to port 443).
+	TLSALPNAddress string `yaml:"tls_alpn_address"`
 }
 
 // DefaultACMEStorage is where ACME state lives when storage is not set.
@@ -101,7 +105,7 @@ type Backend struct {
 	MinVersion         string        `yaml:"min_version"`          // default 1.2
 	InsecureSkipVerify bool          `yaml:"insecure_skip_verify"` // never in production
 	DialTimeout        time.Duration `yaml:"dial_timeout"`         // default 10s
-	CommandTimeout     time.Duration `yaml:"command_timeout"`      // default 1m
+	CommandTimeout     time.Duration `yaml:"command_timeout"`      // default 30s
 	Mailbox            string        `yaml:"mailbox"`              // default INBOX
 	// UIDLTemplate forms UIDLs; empty is Dovecot's default %08Xu%08Xv.
 	UIDLTemplate string `yaml:"uidl_template"`
@@ -169,14 +173,16 @@ type Session struct {
 	LoginTimeout time.Duration `yaml:"login_timeout"`
 	// WriteTimeout is the deadline of every write to the client (default 1m).
 	WriteTimeout time.Duration `yaml:"write_timeout"`
-	// CommandTimeout bounds each backend call of a command (default 2m).
+	// CommandTimeout bounds each backend call of a command (default 1m).
 	CommandTimeout time.Duration `yaml:"command_timeout"`
 	// MaxErrors closes the connection after this many consecutive -ERR
 	// (default 10).
 	MaxErrors int `yaml:"max_errors"`
-	// MaxConnections is the limit of open connections (default 1000).
+	// MaxConnections is the limit of open connections (default 1000; 0: no
+	// limit).
 	MaxConnections int `yaml:"max_connections"`
-	// MaxConnectionsPerIP is the limit per client address (default 50).
+	// MaxConnectionsPerIP is the limit per client address (default 50; 0:
+	// no limit).
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// LoginDelay is announced as LOGIN-DELAY (RFC 2449 §6.5); 0: not announced.
 	LoginDelay time.Duration `yaml:"login_delay"`
@@ -209,7 +215,7 @@ func Defaults() *Config {
 			IdleTimeout:         10 * time.Minute,
 			LoginTimeout:        time.Minute,
 			WriteTimeout:        time.Minute,
-			CommandTimeout:      2 * time.Minute,
+			CommandTimeout:      time.Minute,
 			MaxErrors:           10,
 			MaxConnections:      1000,
 			MaxConnectionsPerIP: 50,
@@ -222,7 +228,7 @@ func Defaults() *Config {
 // Backend defaults applied to every backend after parsing.
 const (
 	DefaultDialTimeout    = 10 * time.Second
-	DefaultCommandTimeout = time.Minute
+	DefaultCommandTimeout = 30 * time.Second
 	DefaultMailbox        = "INBOX"
 )
 

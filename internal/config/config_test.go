@@ -222,7 +222,7 @@ tls:
 backends: {m: {type: imap, address: "h:993", tls: implicit}}
 routes: [{match: "*", backend: m}]
 `
-	wantProblems(t, acme, `line 4: tls.acme.challenge: tls-alpn is answered on the implicit-TLS listeners, and there is none (add one, or use challenge: http)`)
+	wantProblems(t, strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: dns", 1), `line 4: tls.acme.challenge: unknown challenge "dns" (want tls-alpn or http)`)
 	c, err := Parse([]byte(strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: http, http_address: \":80\"", 1)))
 	if err != nil {
 		t.Fatal(err)
@@ -260,4 +260,21 @@ routes: [{match: "*", backend: m}]
 	if _, err := Parse([]byte(s + "auth: {allow_plaintext: true}\n")); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzParse: no input makes Parse panic, and what it accepts validates.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("listeners: [{address: \":995\", tls: implicit}]\ntls: {acme: {domains: [a.example]}}\n"))
+	f.Add([]byte("a: &x {b: 1}\nc: *x\n<<: *x\n"))
+	f.Add([]byte("backends: {m: {type: imap, address: \"${HOME}:1\", tls: none}}\n"))
+	f.Add([]byte("session: {idle_timeout: 5, max_errors: [1]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err == nil {
+			if verr := c.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a configuration Validate refuses: %v", verr)
+			}
+		}
+	})
 }

@@ -171,16 +171,19 @@ func (k *checker) tls() {
 			if a.HTTPAddress != "" {
 				k.add("tls.acme.http_address", "only used with challenge: http")
 			}
-			implicit := false
-			for _, l := range k.c.Listeners {
-				implicit = implicit || l.TLS == TLSImplicit
-			}
-			if !implicit {
-				k.add("tls.acme.challenge", "tls-alpn is answered on the implicit-TLS listeners, and there is none (add one, or use challenge: http)")
+			if a.TLSALPNAddress != "" {
+				if err := checkAddress(a.TLSALPNAddress); err != nil {
+					k.add("tls.acme.tls_alpn_address", "%v", err)
+				}
 			}
 		case "http":
-			if err := checkAddress(a.HTTPAddress); err != nil {
-				k.add("tls.acme.http_address", "%v", err)
+			if a.HTTPAddress != "" {
+				if err := checkAddress(a.HTTPAddress); err != nil {
+					k.add("tls.acme.http_address", "%v", err)
+				}
+			}
+			if a.TLSALPNAddress != "" {
+				k.add("tls.acme.tls_alpn_address", "only used with challenge: tls-alpn")
 			}
 		default:
 			k.add("tls.acme.challenge", "unknown challenge %q (want tls-alpn or http)", a.Challenge)
@@ -300,12 +303,15 @@ func (k *checker) auth() {
 
 func (k *checker) session() {
 	s := k.c.Session
+	if s.MaxErrors < 1 {
+		k.add("session.max_errors", "must be at least 1")
+	}
 	for _, d := range []struct {
 		key string
 		v   int
-	}{{"max_errors", s.MaxErrors}, {"max_connections", s.MaxConnections}, {"max_connections_per_ip", s.MaxConnectionsPerIP}} {
-		if d.v < 1 {
-			k.add("session."+d.key, "must be at least 1")
+	}{{"max_connections", s.MaxConnections}, {"max_connections_per_ip", s.MaxConnectionsPerIP}} {
+		if d.v < 0 {
+			k.add("session."+d.key, "must not be negative (0: no limit)")
 		}
 	}
 	for _, d := range []struct {

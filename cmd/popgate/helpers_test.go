@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+)
+
+// binary is the popgate command built once for this test binary.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "popgate-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "popgate")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building popgate:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// proc is a running popgate.
+type proc struct {
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	done           chan struct{}
+	code           int
+}
+
+// startPopgate runs the binary with args; t.Cleanup kills it if it is still
+// running.
+func startPopgate(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := p.cmd.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			p.code = ee.ExitCode()
+		} else if err != nil {
+			p.code = -1
+		}
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("popgate stdout:\n%s\npopgate stderr:\n%s", p.stdout.String(), p.stderr.String())
+		}
+	})
+	return p
+}
+
+// waitLog waits until stdout+stderr holds want n times.
+func (p *proc) waitLog(t *testing.T, want string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
+			return
+		}
+		select {
+		case <-p.done:
+			if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
+				return
+			}
+			t.Fatalf("popgate exited (status %d) before logging %q", p.code, want)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("popgate did not log %q within 60s", want)
+}
+
+// wait waits for the process to exit and returns its status.
+func (p *proc) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		return p.code
+	case <-time.After(90 * time.Second):
+		t.Fatalf("popgate did not exit")
+		return -1
+	}
+}
+
+func (p *proc) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runPopgate runs the binary to its end and returns status, stdout, stderr.
+func runPopgate(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	p := startPopgate(t, args...)
+	code := p.wait(t)
+	return code, p.stdout.String(), p.stderr.String()
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and returns the
+// file names.
+func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "popgate test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+// pop3 is a minimal POP3 client for the tests.
+type pop3 struct {
+	t  *testing.T
+	c  net.Conn
+	r  *bufio.Reader
+	tr []string // transcript, for failures
+}
+
+// dialPOP3 connects; implicit selects POP3S. The certificate is not verified
+// (the tests' certificates are self-signed).
+func dialPOP3(t *testing.T, addr string, implicit bool) *pop3 {
+	t.Helper()
+	var c net.Conn
+	var err error
+	d := &net.Dialer{Timeout: 10 * time.Second}
+	if implicit {
+		c, err = tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	p := &pop3{t: t, c: c, r: bufio.NewReader(c)}
+	t.Cleanup(func() { c.Close() })
+	if g := p.line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("greeting %q", g)
+	}
+	return p
+}
+
+func (p *pop3) line() string {
+	p.t.Helper()
+	s, err := p.r.ReadString('\n')
+	if err != nil {
+		p.t.Fatalf("reading from popgate: %v (transcript %q)", err, p.tr)
+	}
+	s = strings.TrimRight(s, "\r\n")
+	p.tr = append(p.tr, "S: "+s)
+	return s
+}
+
+// cmd sends a command and returns the status line.
+func (p *pop3) cmd(line string) string {
+	p.t.Helper()
+	p.tr = append(p.tr, "C: "+line)
+	if _, err := p.c.Write([]byte(line + "\r\n")); err != nil {
+		p.t.Fatalf("writing %q: %v", line, err)
+	}
+	return p.line()
+}
+
+// ok sends a command that must succeed.
+func (p *pop3) ok(line string) string {
+	p.t.Helper()
+	s := p.cmd(line)
+	if !strings.HasPrefix(s, "+OK") {
+		p.t.Fatalf("%s: %q (transcript %q)", line, s, p.tr)
+	}
+	return s
+}
+
+// multi sends a command with a multi-line answer and returns the body,
+// dot-unstuffed, lines ending in CRLF.
+func (p *pop3) multi(line string) []byte {
+	p.t.Helper()
+	p.ok(line)
+	var b bytes.Buffer
+	for {
+		s, err := p.r.ReadString('\n')
+		if err != nil {
+			p.t.Fatalf("reading the answer to %q: %v", line, err)
+		}
+		if s == ".\r\n" {
+			return b.Bytes()
+		}
+		b.WriteString(strings.TrimPrefix(s, ".")) // RFC 1939 §3: byte-stuffed lines
+	}
+}
+
+// login by USER/PASS.
+func (p *pop3) login(user, pass string) {
+	p.t.Helper()
+	p.ok("USER " + user)
+	p.ok("PASS " + pass)
+}
+
+// stls upgrades a plain connection (RFC 2595).
+func (p *pop3) stls() {
+	p.t.Helper()
+	p.ok("STLS")
+	tc := tls.Client(p.c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.c, p.r = tc, bufio.NewReader(tc)
+}
+
+// imapCount returns the number of messages in user's INBOX, asked over IMAP.
+func imapCount(t *testing.T, addr, user, pass string) int {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+	return int(sel.NumMessages)
+}

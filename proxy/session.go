@@ -481,6 +481,7 @@ func (ss *session) cmdPASS(rest []byte) act {
 // login authenticates against the backend, locks the maildrop and takes
 // the snapshot; on success the session enters TRANSACTION (RFC 1939 §5).
 func (ss *session) login(c backends.Credentials) act {
+	ss.lr.wipe() // the line held the password or the SASL response
 	c.RemoteAddr = ss.raw.RemoteAddr()
 	c.TLS = ss.tls
 	ctx, cancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)

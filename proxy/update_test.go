@@ -257,8 +257,7 @@ func (s sizeLiarBox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 }
 
 func TestSizeMismatchLogged(t *testing.T) {
-	var e *env
-	e = newEnv(t, envConfig{opts: func(o *Options) { o.Backend = sizeLiar{o.Backend} }})
+	e := newEnv(t, envConfig{opts: func(o *Options) { o.Backend = sizeLiar{o.Backend} }})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
 	c.script(`

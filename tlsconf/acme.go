@@ -3,10 +3,18 @@ package tlsconf
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
 )
 
 // Challenge types accepted in tls.acme.challenge.
@@ -89,14 +97,215 @@ func (a *ACMEConfig) validate() []error {
 	return errs
 }
 
-type acmeState struct{}
+// acmeState is the certmagic side of a Manager.
+type acmeState struct {
+	domains []string
+	magic   *certmagic.Config
+	cache   *certmagic.Cache
+	issuer  *certmagic.ACMEIssuer
+	cancel  context.CancelFunc
 
+	httpSrv *http.Server // HTTP-01 answerer, challenge "http" only
+	httpLn  net.Listener
+	httpWG  sync.WaitGroup
+
+	mu      sync.Mutex
+	lastErr error // last "cert_failed" event, for Ready
+}
+
+// startACME sets up certmagic with its own cache (no certmagic.Default) and
+// starts managing the domains in the background: certificates in Storage
+// are loaded, missing or expiring ones obtained, then renewed.
 func (m *Manager) startACME(ctx context.Context) error {
-	return errors.New("tls.acme: not implemented yet")
+	a := m.cfg.ACME
+	s := &acmeState{domains: append([]string(nil), a.Domains...)}
+	zl := newZapLogger(m.log.With().Str("component", "certmagic").Logger())
+
+	var roots *x509.CertPool
+	if a.CARoot != "" {
+		pemData, err := os.ReadFile(a.CARoot)
+		if err != nil {
+			return fmt.Errorf("tls.acme.ca_root: %w", err)
+		}
+		roots, err = x509.SystemCertPool()
+		if err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		if !roots.AppendCertsFromPEM(pemData) {
+			return fmt.Errorf("tls.acme.ca_root %s: no PEM certificate found", a.CARoot)
+		}
+	}
+	var storage certmagic.Storage = certmagic.Default.Storage
+	if a.Storage != "" {
+		if err := os.MkdirAll(a.Storage, 0o700); err != nil {
+			return fmt.Errorf("tls.acme.storage: %w", err)
+		}
+		storage = &certmagic.FileStorage{Path: a.Storage}
+	}
+
+	var magic *certmagic.Config
+	s.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
+		Logger:           zl,
+	})
+	magic = certmagic.New(s.cache, certmagic.Config{
+		Storage: storage,
+		Logger:  zl,
+		// Clients without SNI get the first domain's certificate.
+		DefaultServerName: a.Domains[0],
+		OnEvent:           s.onEvent,
+	})
+	s.magic = magic
+
+	tmpl := certmagic.ACMEIssuer{
+		CA:                      a.CA,
+		Email:                   a.Email,
+		Agreed:                  true, // configuring a CA is agreeing to its terms
+		TrustedRoots:            roots,
+		DisableHTTPChallenge:    a.challenge() != ChallengeHTTP,
+		DisableTLSALPNChallenge: a.challenge() != ChallengeTLSALPN,
+		Logger:                  zl,
+	}
+	if tmpl.CA == "" {
+		tmpl.CA = LetsEncryptProduction
+	}
+	switch a.challenge() {
+	case ChallengeHTTP:
+		addr := a.HTTPAddress
+		if addr == "" {
+			addr = ":80"
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			s.cache.Stop()
+			return fmt.Errorf("tls.acme.http_address: %w", err)
+		}
+		// certmagic's solver would listen on ListenHost:AltHTTPPort during a
+		// challenge; pointing it at our listener makes it find the address
+		// taken and leave the answer to our server (same issuer, same
+		// challenge store).
+		host, _, _ := net.SplitHostPort(addr)
+		tmpl.ListenHost = host
+		tmpl.AltHTTPPort = ln.Addr().(*net.TCPAddr).Port
+		s.httpLn = ln
+	case ChallengeTLSALPN:
+		addr := a.TLSALPNAddress
+		if addr == "" {
+			addr = ":443"
+		}
+		host, port, _ := net.SplitHostPort(addr)
+		p, err := strconv.Atoi(port)
+		if err != nil || p <= 0 || p > 65535 {
+			s.cache.Stop()
+			return fmt.Errorf("tls.acme.tls_alpn_address: port %q", port)
+		}
+		tmpl.ListenHost, tmpl.AltTLSALPNPort = host, p
+	}
+	s.issuer = certmagic.NewACMEIssuer(magic, tmpl)
+	magic.Issuers = []certmagic.Issuer{s.issuer}
+
+	if s.httpLn != nil {
+		// RFC 8555 §8.3: GET /.well-known/acme-challenge/<token>; anything
+		// else is 404.
+		s.httpSrv = &http.Server{
+			Handler:           s.issuer.HTTPChallengeHandler(http.NotFoundHandler()),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          nil,
+		}
+		s.httpWG.Add(1)
+		go func() {
+			defer s.httpWG.Done()
+			_ = s.httpSrv.Serve(s.httpLn)
+		}()
+	}
+
+	// Maintenance outlives the caller's (start-up) context; Close stops it.
+	mctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if err := magic.ManageAsync(mctx, s.domains); err != nil {
+		s.close()
+		return fmt.Errorf("tls.acme: %w", err)
+	}
+	m.acme = s
+	return nil
 }
 
+func (s *acmeState) onEvent(_ context.Context, event string, data map[string]any) error {
+	if event == "cert_failed" {
+		s.mu.Lock()
+		if err, ok := data["error"].(error); ok {
+			s.lastErr = err
+		} else {
+			s.lastErr = fmt.Errorf("%v", data["error"])
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// getCertificate is certmagic's: the managed certificate for the SNI name
+// (the first domain's without SNI), or the TLS-ALPN-01 challenge
+// certificate when the ClientHello offers only "acme-tls/1" (RFC 8737 §3).
 func (s *acmeState) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return nil, errors.New("tlsconf: ACME not implemented")
+	return s.magic.GetCertificate(hello)
 }
 
-func (s *acmeState) close() error { return nil }
+func (s *acmeState) leaf() *x509.Certificate {
+	for _, c := range s.cache.AllMatchingCertificates(s.domains[0]) {
+		if c.Leaf != nil {
+			return c.Leaf
+		}
+	}
+	return nil
+}
+
+// ready reports whether every domain has a certificate in the cache.
+func (s *acmeState) ready() bool {
+	for _, d := range s.domains {
+		if len(s.cache.AllMatchingCertificates(d)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *acmeState) close() error {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	var err error
+	if s.httpSrv != nil {
+		err = s.httpSrv.Close()
+		s.httpWG.Wait()
+	} else if s.httpLn != nil {
+		err = s.httpLn.Close()
+	}
+	s.cache.Stop()
+	return err
+}
+
+// Ready waits until a certificate is available for every configured
+// domain: at once for static files, after loading from storage or the
+// first issuance with ACME. When ctx ends first it returns an error with
+// the last issuance failure, if any.
+func (m *Manager) Ready(ctx context.Context) error {
+	if m.acme == nil {
+		return nil
+	}
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !m.acme.ready() {
+		select {
+		case <-ctx.Done():
+			m.acme.mu.Lock()
+			last := m.acme.lastErr
+			m.acme.mu.Unlock()
+			if last != nil {
+				return fmt.Errorf("tls.acme: no certificate yet for %v: %w (last failure: %v)", m.acme.domains, ctx.Err(), last)
+			}
+			return fmt.Errorf("tls.acme: no certificate yet for %v: %w", m.acme.domains, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}

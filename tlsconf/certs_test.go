@@ -139,6 +139,11 @@ func startTLSServer(t testing.TB, cfg *tls.Config) *tlsServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveTLS(t, ln, cfg)
+}
+
+// serveTLS runs the echo server on ln; it closes ln at cleanup.
+func serveTLS(t testing.TB, ln net.Listener, cfg *tls.Config) *tlsServer {
 	s := &tlsServer{ln: ln, addr: ln.Addr().String()}
 	var wg sync.WaitGroup
 	var conns sync.Map

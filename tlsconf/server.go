@@ -164,6 +164,9 @@ func (m *Manager) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, 
 // Leaf returns the certificate currently served to clients without SNI, or
 // nil when none is available yet (ACME before the first issuance).
 func (m *Manager) Leaf() *x509.Certificate {
+	if m.acme != nil {
+		return m.acme.leaf()
+	}
 	c, err := m.getCertificate(&tls.ClientHelloInfo{})
 	if err != nil || c == nil {
 		return nil

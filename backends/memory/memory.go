@@ -177,7 +177,6 @@ type mailbox struct {
 	b      *Backend
 	user   string
 	closed bool
-	msgs   map[string][]byte // snapshot contents by UIDL
 }
 
 // MaildropID implements backends.MaildropIdentifier.

@@ -19,6 +19,11 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	c, err := config.Load(*path)
+	if err == nil {
+		if ps := checkBackends(c); len(ps) > 0 {
+			err = &config.FileError{Path: *path, Err: ps}
+		}
+	}
 	if err != nil {
 		printConfigProblems(stderr, *path, err)
 		return exitUsage

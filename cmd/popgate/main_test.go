@@ -126,6 +126,13 @@ func TestCheckConfig(t *testing.T) {
 		t.Errorf("two problems: status %d\nstderr %q\n  want %q", code, errOut, want)
 	}
 
+	// what the IMAP backend itself refuses is reported too
+	p = write("uidl.yaml", strings.Replace(good, "    tls: none\n", "    tls: none\n    uidl_template: \"%08Xv\"\n", 1))
+	code, _, errOut = runPopgate(t, "check-config", "--config", p)
+	if want := "popgate: " + p + ": line 8: backends.main: "; code != 2 || !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, "uidl_template") {
+		t.Errorf("uidl_template: status %d, stderr %q, want %q…", code, errOut, want)
+	}
+
 	missing := filepath.Join(dir, "nope.yaml")
 	code, _, errOut = runPopgate(t, "check-config", "--config", missing)
 	if want := "popgate: " + missing + ": no such file or directory\n"; code != 2 || errOut != want {
@@ -319,10 +326,16 @@ func TestSIGHUPNewRouteForNextSessionOpenSessionContinues(t *testing.T) {
 	}
 	c.cmd("QUIT")
 
-	// now route to store b
-	os.WriteFile(path, bytes.Replace(cfg, []byte("backend: s0}"), []byte("backend: s1}"), 1), 0o600)
+	// now route to store b, and log at info instead of debug
+	newCfg := bytes.Replace(cfg, []byte("backend: s0}"), []byte("backend: s1}"), 1)
+	newCfg = bytes.Replace(newCfg, []byte("level: debug"), []byte("level: info"), 1)
+	os.WriteFile(path, newCfg, 0o600)
 	p.signal(t, syscall.SIGHUP)
 	p.waitLog(t, `"message":"configuration reloaded"`, 1)
+	debugLines := strings.Count(p.stderr.String(), `"level":"debug"`)
+	if debugLines == 0 {
+		t.Fatalf("no debug line before the reload: the log level test proves nothing")
+	}
 
 	next := dialPOP3(t, pop3s, true)
 	next.login("demo", "demo")
@@ -333,6 +346,10 @@ func TestSIGHUPNewRouteForNextSessionOpenSessionContinues(t *testing.T) {
 		t.Errorf("RETR 1 after SIGHUP = %q", got)
 	}
 	next.ok("QUIT")
+	p.waitLog(t, `"message":"session end"`, 2) // the refused one and next
+	if n := strings.Count(p.stderr.String(), `"level":"debug"`); n != debugLines {
+		t.Errorf("%d debug lines after the reload to level info", n-debugLines)
+	}
 
 	// the session opened before SIGHUP goes on with store a
 	if got := open.multi("RETR 3"); !bytes.Equal(got, samples[2].Raw) {

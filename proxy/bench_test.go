@@ -165,3 +165,26 @@ func BenchmarkRETR(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLongLine reads a 1 MB command line: it is discarded in buffer-
+// sized chunks, so B/op stays at the reader's own buffers whatever the
+// length (compare with size=1KB).
+func BenchmarkLongLine(b *testing.B) {
+	for _, size := range []int{1 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("size=%dKB", size>>10), func(b *testing.B) {
+			input := []byte(strings.Repeat("x", size) + "\r\nNOOP\r\n")
+			src := bytes.NewReader(input)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				src.Reset(input)
+				lr := lineReader{r: bufio.NewReaderSize(src, readBufSize)}
+				if _, err := lr.readLine(maxCommandLine, nil); err != errLineTooLong {
+					b.Fatal(err)
+				}
+				if l, err := lr.readLine(maxCommandLine, nil); err != nil || string(l) != "NOOP" {
+					b.Fatal(l, err)
+				}
+			}
+		})
+	}
+}

@@ -218,17 +218,23 @@ func (ss *session) finish() {
 }
 
 // closeMailbox closes the upstream session, then frees the maildrop lock.
+// A panic in Close is logged; the lock is freed anyway.
 func (ss *session) closeMailbox() {
 	if ss.mb == nil {
 		return
 	}
-	if err := ss.mb.Close(); err != nil {
+	mb, unlock := ss.mb, ss.unlock
+	ss.mb, ss.unlock = nil, nil
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+		if r := recover(); r != nil {
+			ss.log.Error().Str("panic", fmt.Sprint(r)).Msg("upstream mailbox Close panicked")
+		}
+	}()
+	if err := mb.Close(); err != nil {
 		ss.log.Warn().Err(err).Msg("closing upstream mailbox")
-	}
-	ss.mb = nil
-	if ss.unlock != nil {
-		ss.unlock()
-		ss.unlock = nil
 	}
 }
 

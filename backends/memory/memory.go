@@ -60,6 +60,7 @@ type Backend struct {
 	seq     int
 	faults  Faults
 	commits []Commit
+	calls   int // Commit calls, failed ones included
 	logins  int
 	open    int // mailboxes not yet closed
 }
@@ -137,6 +138,13 @@ func (b *Backend) Commits() []Commit {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]Commit(nil), b.commits...)
+}
+
+// CommitCalls returns how many times Commit was called, failures included.
+func (b *Backend) CommitCalls() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.calls
 }
 
 // Logins returns how many logins succeeded.
@@ -241,6 +249,7 @@ func (m *mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	}
 	m.b.mu.Lock()
 	defer m.b.mu.Unlock()
+	m.b.calls++
 	if m.b.faults.Commit != nil {
 		return m.b.faults.Commit
 	}

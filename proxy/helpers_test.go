@@ -180,12 +180,6 @@ func (c *client) expectPrefix(prefix string) string {
 	return got
 }
 
-func (c *client) cmd(s string) string {
-	c.t.Helper()
-	c.send(s)
-	return c.line()
-}
-
 func (c *client) cmdPrefix(s, prefix string) string {
 	c.t.Helper()
 	c.send(s)
@@ -212,9 +206,7 @@ func (c *client) body() []byte {
 	c.t.Helper()
 	var b bytes.Buffer
 	for _, l := range c.multi() {
-		if strings.HasPrefix(l, ".") {
-			l = l[1:]
-		}
+		l = strings.TrimPrefix(l, ".")
 		b.WriteString(l + "\r\n")
 	}
 	return b.Bytes()

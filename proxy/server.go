@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,20 @@ func (o Options) withDefaults() Options {
 		o.Implementation = "popgate"
 	}
 	return o
+}
+
+// validate checks the options that would otherwise produce a wrong CAPA.
+func (o Options) validate() error {
+	// RFC 2449 §6.7: EXPIRE is "NEVER" or a number of days.
+	if o.Expire != "" && o.Expire != "NEVER" {
+		if _, ok := parseNumber(o.Expire); !ok {
+			return fmt.Errorf("proxy: Expire %q is neither NEVER nor a number of days", o.Expire)
+		}
+	}
+	if strings.ContainsAny(o.Implementation, "\r\n") {
+		return errors.New("proxy: Implementation holds a line break")
+	}
+	return nil
 }
 
 // ListenerConfig describes one listener passed to Serve.
@@ -176,6 +191,9 @@ func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
 	}
 	if lc.TLS != TLSNone && o.TLSConfig == nil {
 		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
+	}
+	if err := o.validate(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if s.closing {

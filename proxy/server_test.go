@@ -227,9 +227,7 @@ func goroutinesBackTo(t *testing.T, n int) {
 
 func TestShutdown(t *testing.T) {
 	before := runtime.NumGoroutine()
-	e := newEnv(t, envConfig{opts: func(o *Options) {
-		o.Backend = o.Backend.(*memory.Backend)
-	}})
+	e := newEnv(t, envConfig{})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	// One session in TRANSACTION with a deletion marked, one before login,
 	// one that says QUIT during the grace period.
@@ -300,5 +298,34 @@ func TestShutdownWaitsForQuickSessions(t *testing.T) {
 	defer cancel()
 	if err := e.srv.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown with no open session = %v", err)
+	}
+}
+
+// A session streaming from a stalled backend does not hold Shutdown past
+// its deadline, and commits nothing.
+func TestShutdownDuringRETR(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.be.Append("alice", benchMessage(1<<20))
+	e.be.SetFaults(memory.Faults{SlowRead: 20 * time.Millisecond, SlowChunk: 1024})
+	c := e.login("alice", "secret pw")
+	c.script(`
+		C: DELE 1
+		S: +OK message 1 deleted
+		C: RSET
+		S: +OK*
+		C: RETR 1
+		S: +OK*
+	`)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("Shutdown took %v", d)
+	}
+	if e.be.CommitCalls() != 0 || e.be.OpenMailboxes() != 0 || e.locker.Held(aliceKey) {
+		t.Fatal("shutdown during RETR committed or left the maildrop open")
 	}
 }

@@ -212,4 +212,7 @@ func TestServeNeedsTLSConfig(t *testing.T) {
 	if err := New(Options{}).Serve(l, ListenerConfig{}); err == nil {
 		t.Fatal("Serve without a backend succeeded")
 	}
+	if err := New(Options{Backend: sizeLiar{}, Expire: "soon"}).Serve(l, ListenerConfig{}); err == nil {
+		t.Fatal("Serve accepted EXPIRE soon")
+	}
 }

@@ -107,7 +107,7 @@ func TestQuitWithoutDeleteDoesNotCommit(t *testing.T) {
 		C: QUIT
 		S: +OK bye
 	`)
-	if n := len(e.be.Commits()); n != 0 {
+	if n := e.be.CommitCalls(); n != 0 {
 		t.Fatalf("Commit called %d times without marked messages", n)
 	}
 }
@@ -128,6 +128,9 @@ func TestCommitFailure(t *testing.T) {
 	`)
 	if got := e.be.UIDLs("alice"); strings.Join(got, ",") != strings.Join(before, ",") || len(e.be.Commits()) != 0 {
 		t.Fatalf("store changed after failed commit: %v", got)
+	}
+	if n := e.be.CommitCalls(); n != 1 {
+		t.Fatalf("Commit called %d times, want exactly once", n)
 	}
 	eventually(t, "lock freed", func() bool { return !e.locker.Held(aliceKey) })
 	eventually(t, "logout line", func() bool { return strings.Contains(e.logs.String(), `"end":"commit_failed"`) })
@@ -257,8 +260,7 @@ func (s sizeLiarBox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 }
 
 func TestSizeMismatchLogged(t *testing.T) {
-	var e *env
-	e = newEnv(t, envConfig{opts: func(o *Options) { o.Backend = sizeLiar{o.Backend} }})
+	e := newEnv(t, envConfig{opts: func(o *Options) { o.Backend = sizeLiar{o.Backend} }})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
 	c.script(`

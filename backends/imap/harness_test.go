@@ -50,7 +50,7 @@ func TestMain(m *testing.M) {
 func sharedDovecot(t testing.TB) *dovecotStore {
 	t.Helper()
 	dovecot.Require(t)
-	dovecotOnce.Do(func() { dovecotSrv, dovecotErr = dovecot.New(dovecot.Options{}) })
+	dovecotOnce.Do(func() { dovecotSrv, dovecotErr = dovecot.New(dovecot.Options{POP3: true}) })
 	if dovecotErr != nil {
 		t.Fatal(dovecotErr)
 	}
@@ -79,18 +79,22 @@ type memStore struct {
 }
 
 func newMemStore(t testing.TB, caps imap.CapSet) *memStore {
+	return newMemStoreOpts(t, &imapserver.Options{Caps: caps, InsecureAuth: true})
+}
+
+func newMemStoreOpts(t testing.TB, opts *imapserver.Options) *memStore {
 	ms := &memStore{srv: imapmemserver.New()}
+	caps := opts.Caps
 	if caps == nil {
 		caps = imap.CapSet{imap.CapIMAP4rev1: {}, imap.CapUIDPlus: {}, imap.CapMove: {}, imap.CapNamespace: {}}
 	}
-	s := imapserver.New(&imapserver.Options{
-		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return ms.srv.NewSession(), nil, nil
-		},
-		Caps:         caps,
-		InsecureAuth: true,
-		Logger:       quietLogger{},
-	})
+	o := *opts
+	o.NewSession = func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+		return ms.srv.NewSession(), nil, nil
+	}
+	o.Caps = caps
+	o.Logger = quietLogger{}
+	s := imapserver.New(&o)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

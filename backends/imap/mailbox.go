@@ -216,7 +216,9 @@ func parseRef(ref string) (imap.UID, error) {
 // Open streams the message (bodyLines < 0) or its header and first
 // bodyLines body lines (TOP). The first chunk is fetched before Open
 // returns, so a message gone upstream gives backends.ErrMessageGone before
-// the proxy answers +OK. The reader must be closed before the next call.
+// the proxy answers +OK. Later chunks are fetched under ctx too, so the
+// caller keeps ctx alive while it reads. The reader must be closed before
+// the next call.
 func (m *Mailbox) Open(ctx context.Context, msg backends.Message, bodyLines int) (io.ReadCloser, error) {
 	uid, err := parseRef(msg.Ref)
 	if err != nil {
@@ -225,7 +227,7 @@ func (m *Mailbox) Open(ctx context.Context, msg backends.Message, bodyLines int)
 	if m.reader != nil {
 		m.reader.Close()
 	}
-	r := &msgReader{m: m, ctx: context.WithoutCancel(ctx), uid: uid, size: msg.Size, lines: bodyLines}
+	r := &msgReader{m: m, ctx: ctx, uid: uid, size: msg.Size, lines: bodyLines}
 	if bodyLines < 0 {
 		r.bufp = m.b.getBuf(msg.Size)
 	} else {

@@ -229,7 +229,11 @@ func (r *msgReader) fetch(ctx context.Context, section imap.PartSpecifier, off, 
 				}
 				got, rerr = io.ReadFull(body.Literal, buf[:body.Literal.Size()])
 				if rerr != nil {
-					return errors.Join(rerr, cmd.Close())
+					// The connection broke mid-literal. Leave cmd alone:
+					// go-imap would read the dead literal again while its
+					// reader goroutine moves on. guard closes the
+					// connection, which ends the command.
+					return fmt.Errorf("reading literal: %w", rerr)
 				}
 			}
 		}

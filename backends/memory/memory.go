@@ -60,6 +60,7 @@ type Backend struct {
 	seq     int
 	faults  Faults
 	commits []Commit
+	calls   int // Commit calls, failed ones included
 	logins  int
 	open    int // mailboxes not yet closed
 }
@@ -139,6 +140,13 @@ func (b *Backend) Commits() []Commit {
 	return append([]Commit(nil), b.commits...)
 }
 
+// CommitCalls returns how many times Commit was called, failures included.
+func (b *Backend) CommitCalls() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.calls
+}
+
 // Logins returns how many logins succeeded.
 func (b *Backend) Logins() int {
 	b.mu.Lock()
@@ -177,7 +185,6 @@ type mailbox struct {
 	b      *Backend
 	user   string
 	closed bool
-	msgs   map[string][]byte // snapshot contents by UIDL
 }
 
 // MaildropID implements backends.MaildropIdentifier.
@@ -242,6 +249,7 @@ func (m *mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	}
 	m.b.mu.Lock()
 	defer m.b.mu.Unlock()
+	m.b.calls++
 	if m.b.faults.Commit != nil {
 		return m.b.faults.Commit
 	}

@@ -326,10 +326,16 @@ func TestSIGHUPNewRouteForNextSessionOpenSessionContinues(t *testing.T) {
 	}
 	c.cmd("QUIT")
 
-	// now route to store b
-	os.WriteFile(path, bytes.Replace(cfg, []byte("backend: s0}"), []byte("backend: s1}"), 1), 0o600)
+	// now route to store b, and log at info instead of debug
+	newCfg := bytes.Replace(cfg, []byte("backend: s0}"), []byte("backend: s1}"), 1)
+	newCfg = bytes.Replace(newCfg, []byte("level: debug"), []byte("level: info"), 1)
+	os.WriteFile(path, newCfg, 0o600)
 	p.signal(t, syscall.SIGHUP)
 	p.waitLog(t, `"message":"configuration reloaded"`, 1)
+	debugLines := strings.Count(p.stderr.String(), `"level":"debug"`)
+	if debugLines == 0 {
+		t.Fatalf("no debug line before the reload: the log level test proves nothing")
+	}
 
 	next := dialPOP3(t, pop3s, true)
 	next.login("demo", "demo")
@@ -340,6 +346,10 @@ func TestSIGHUPNewRouteForNextSessionOpenSessionContinues(t *testing.T) {
 		t.Errorf("RETR 1 after SIGHUP = %q", got)
 	}
 	next.ok("QUIT")
+	p.waitLog(t, `"message":"session end"`, 2) // the refused one and next
+	if n := strings.Count(p.stderr.String(), `"level":"debug"`); n != debugLines {
+		t.Errorf("%d debug lines after the reload to level info", n-debugLines)
+	}
 
 	// the session opened before SIGHUP goes on with store a
 	if got := open.multi("RETR 3"); !bytes.Equal(got, samples[2].Raw) {

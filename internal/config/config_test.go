@@ -261,3 +261,20 @@ routes: [{match: "*", backend: m}]
 		t.Fatal(err)
 	}
 }
+
+// FuzzParse: no input makes Parse panic, and what it accepts validates.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("listeners: [{address: \":995\", tls: implicit}]\ntls: {acme: {domains: [a.example]}}\n"))
+	f.Add([]byte("a: &x {b: 1}\nc: *x\n<<: *x\n"))
+	f.Add([]byte("backends: {m: {type: imap, address: \"${HOME}:1\", tls: none}}\n"))
+	f.Add([]byte("session: {idle_timeout: 5, max_errors: [1]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err == nil {
+			if verr := c.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a configuration Validate refuses: %v", verr)
+			}
+		}
+	})
+}

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -247,7 +248,11 @@ func mailIDs() (uid, gid int, extra string, err error) {
 	if err != nil {
 		return 0, 0, "", err
 	}
-	extra = fmt.Sprintf("default_internal_user = %s\ndefault_login_user = %s\n", u.Username, u.Username)
+	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	if err != nil {
+		return 0, 0, "", err
+	}
+	extra = fmt.Sprintf("default_internal_user = %s\ndefault_internal_group = %s\ndefault_login_user = %s\n", u.Username, g.Name, u.Username)
 	return os.Getuid(), os.Getgid(), extra, nil
 }
 
@@ -258,6 +263,10 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	}
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	chroot := "" // without root, no service can chroot
+	if os.Getuid() != 0 {
+		chroot = "  chroot = \n"
+	}
 	w("# private Dovecot for popgate tests")
 	w("instance_name = popgate-test-%d", ports[0])
 	w("base_dir = %s/run", s.Dir)
@@ -292,16 +301,16 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	w("pop3_uidl_format = %%08Xu%%08Xv")
 	// Auth penalty (anvil delays logins after failures from one IP, and
 	// every test connects from 127.0.0.1): off, as Dovecot documents.
-	w("service anvil {\n  client_limit = 10000\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}")
+	w("service anvil {\n%s  client_limit = 10000\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}", chroot)
 	w("service auth {\n  client_limit = 10000\n}")
 	imapsPort := 0
 	if opts.CertFile != "" {
 		imapsPort = ports[1]
 	}
-	w("service imap-login {\n  inet_listener imap {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener imaps {\n    address = 127.0.0.1\n    port = %d\n    ssl = yes\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", ports[0], imapsPort)
+	w("service imap-login {\n%s  inet_listener imap {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener imaps {\n    address = 127.0.0.1\n    port = %d\n    ssl = yes\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", chroot, ports[0], imapsPort)
 	w("service imap {\n  process_limit = 2500\n}")
 	if opts.POP3 {
-		w("service pop3-login {\n  inet_listener pop3 {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", ports[2])
+		w("service pop3-login {\n%s  inet_listener pop3 {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", chroot, ports[2])
 		w("service pop3 {\n  process_limit = 2500\n}")
 	}
 	if len(opts.DropCaps) > 0 {

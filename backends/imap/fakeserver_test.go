@@ -1,0 +1,227 @@
+package imap
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/backends"
+)
+
+// fakeServer is a scripted IMAP server for what real servers will not do
+// on demand: stall, refuse with a given code, offer LOGIN only.
+type fakeServer struct {
+	ln      net.Listener
+	stallAt string // command name (e.g. "SELECT") at which to go silent; "GREETING" stalls before greeting
+	loginNo string // answer LOGIN with this NO text
+	mu      sync.Mutex
+	seen    []string
+	wg      sync.WaitGroup
+	quit    chan struct{}
+}
+
+func newFakeServer(t *testing.T, f *fakeServer) *fakeServer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ln = ln
+	f.quit = make(chan struct{})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			f.wg.Add(1)
+			go func() { defer f.wg.Done(); f.serve(c) }()
+		}
+	}()
+	t.Cleanup(func() { close(f.quit); ln.Close(); f.wg.Wait() })
+	return f
+}
+
+func (f *fakeServer) commands() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.seen...)
+}
+
+func (f *fakeServer) serve(c net.Conn) {
+	defer c.Close()
+	go func() { <-f.quit; c.Close() }()
+	stall := func() { <-f.quit }
+	if f.stallAt == "GREETING" {
+		stall()
+		return
+	}
+	w := func(s string) { io.WriteString(c, s+"\r\n") }
+	w("* OK [CAPABILITY IMAP4rev1 UIDPLUS] fake ready")
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		f.seen = append(f.seen, strings.TrimSpace(line))
+		f.mu.Unlock()
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			return
+		}
+		tag, cmd := fields[0], strings.ToUpper(fields[1])
+		if cmd == "UID" && len(fields) > 2 {
+			cmd = "UID " + strings.ToUpper(fields[2])
+		}
+		if cmd == f.stallAt || (f.stallAt == "UID FETCH BODY" && cmd == "UID FETCH" && strings.Contains(line, "BODY")) {
+			if cmd == "UID FETCH" {
+				w("* 1 FETCH (UID 7 BODY[] {100}")
+				io.WriteString(c, "0123456789") // then nothing
+			}
+			stall()
+			return
+		}
+		switch cmd {
+		case "CAPABILITY":
+			w("* CAPABILITY IMAP4rev1 UIDPLUS")
+			w(tag + " OK done")
+		case "LOGIN":
+			if f.loginNo != "" {
+				w(tag + " NO " + f.loginNo)
+				continue
+			}
+			w(tag + " OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in")
+		case "SELECT":
+			w("* 1 EXISTS")
+			w("* OK [UIDVALIDITY 5] ok")
+			w(tag + " OK [READ-WRITE] selected")
+		case "UID FETCH":
+			w("* 1 FETCH (UID 7 RFC822.SIZE 100 FLAGS ())")
+			w(tag + " OK done")
+		case "LOGOUT":
+			w("* BYE bye")
+			w(tag + " OK done")
+			return
+		default:
+			w(tag + " BAD unknown")
+		}
+	}
+}
+
+func fakeBackend(t *testing.T, f *fakeServer) *Backend {
+	b, err := New(Config{Address: f.ln.Addr().String(), TLS: "none", DialTimeout: 300 * time.Millisecond, CommandTimeout: 300 * time.Millisecond}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+var cred = backends.Credentials{Username: "u", Password: "s3cret-pw"}
+
+// Without AUTH=PLAIN the backend uses LOGIN; the snapshot uses one UID
+// FETCH; UIDL is Dovecot's format.
+func TestFakeLoginCommand(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{})
+	mb, err := fakeBackend(t, f).Login(context.Background(), cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := mb.Snapshot(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb.Close()
+	if len(snap) != 1 || snap[0].UIDL != "0000000700000005" || snap[0].Size != 100 {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	var login, fetch int
+	for _, c := range f.commands() {
+		if strings.Contains(c, " LOGIN ") {
+			login++
+		}
+		if strings.Contains(c, "FETCH") {
+			fetch++
+			if !strings.Contains(c, "UID FETCH 1:* (UID RFC822.SIZE FLAGS)") && !strings.Contains(c, "UID FETCH 1:*") {
+				t.Errorf("snapshot command %q", c)
+			}
+		}
+	}
+	if login != 1 || fetch != 1 {
+		t.Fatalf("want one LOGIN and one FETCH: %q", f.commands())
+	}
+}
+
+// Upstream failures are [SYS/TEMP] within the configured timeouts; a NO
+// with [UNAVAILABLE] is the server's trouble, not wrong credentials.
+func TestFakeFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		f    *fakeServer
+		step string // where the error must show: login, snapshot, open
+	}{
+		{"silent-at-greeting", &fakeServer{stallAt: "GREETING"}, "login"},
+		{"silent-at-login", &fakeServer{stallAt: "LOGIN"}, "login"},
+		{"login-unavailable", &fakeServer{loginNo: "[UNAVAILABLE] backend down"}, "login"},
+		{"silent-at-select", &fakeServer{stallAt: "SELECT"}, "snapshot"},
+		{"silent-mid-literal", &fakeServer{stallAt: "UID FETCH BODY"}, "open"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeServer(t, tc.f)
+			b := fakeBackend(t, f)
+			start := time.Now()
+			err := func() error {
+				mb, err := b.Login(context.Background(), cred)
+				if err != nil || tc.step == "login" {
+					return err
+				}
+				defer mb.Close()
+				snap, err := mb.Snapshot(context.Background())
+				if err != nil || tc.step == "snapshot" {
+					return err
+				}
+				r, err := mb.Open(context.Background(), snap[0], -1)
+				if err == nil {
+					r.Close()
+				}
+				return err
+			}()
+			if !errors.Is(err, backends.ErrUnavailable) || code(err) != backends.CodeSysTemp {
+				t.Fatalf("err %v, want ErrUnavailable [SYS/TEMP]", err)
+			}
+			if strings.Contains(err.Error(), cred.Password) {
+				t.Fatal("password in the error")
+			}
+			if d := time.Since(start); d > 20*time.Second {
+				t.Fatalf("took %v: timeouts not enforced", d)
+			}
+		})
+	}
+	t.Run("wrong-password", func(t *testing.T) {
+		f := newFakeServer(t, &fakeServer{loginNo: "[AUTHENTICATIONFAILED] nope"})
+		_, err := fakeBackend(t, f).Login(context.Background(), cred)
+		if !errors.Is(err, backends.ErrAuthFailed) {
+			t.Fatalf("err %v, want ErrAuthFailed", err)
+		}
+	})
+	t.Run("context-cancelled", func(t *testing.T) {
+		f := newFakeServer(t, &fakeServer{stallAt: "SELECT"})
+		b, _ := New(Config{Address: f.ln.Addr().String(), TLS: "none", CommandTimeout: time.Hour}, testLogger(t))
+		mb, err := b.Login(context.Background(), cred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mb.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if _, err := mb.Snapshot(ctx); code(err) != backends.CodeSysTemp {
+			t.Fatalf("err %v, want [SYS/TEMP] on context end", err)
+		}
+	})
+}

@@ -227,9 +227,7 @@ func goroutinesBackTo(t *testing.T, n int) {
 
 func TestShutdown(t *testing.T) {
 	before := runtime.NumGoroutine()
-	e := newEnv(t, envConfig{opts: func(o *Options) {
-		o.Backend = o.Backend.(*memory.Backend)
-	}})
+	e := newEnv(t, envConfig{})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	// One session in TRANSACTION with a deletion marked, one before login,
 	// one that says QUIT during the grace period.

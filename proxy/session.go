@@ -95,11 +95,19 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 		start: time.Now(),
 	}
 	ss.log = o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
-	ss.lr.r = bufio.NewReaderSize(nc, readBufSize)
 	ss.dw = &deadlineWriter{c: nc, timeout: o.WriteTimeout}
-	ss.w = bufio.NewWriterSize(ss.dw, writeBufSize)
+	ss.lr.r = readerPool.Get().(*bufio.Reader)
+	ss.lr.r.Reset(nc)
+	ss.w = writerPool.Get().(*bufio.Writer)
+	ss.w.Reset(ss.dw)
 	return ss
 }
+
+// Connection buffers are recycled: a session's goroutine is their only user.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+)
 
 // kill closes the connection from another goroutine (Shutdown).
 func (ss *session) kill(reason string) {
@@ -200,6 +208,11 @@ func (ss *session) finish() {
 	ss.raw.Close()
 	ss.closeMailbox()
 	ss.cancel()
+	ss.lr.r.Reset(nil)
+	readerPool.Put(ss.lr.r)
+	ss.w.Reset(nil)
+	writerPool.Put(ss.w)
+	ss.lr.r, ss.w = nil, nil
 	if k := ss.killedReason(); k != "" && ss.end != endQuit && ss.end != endCommitFailed {
 		ss.end = k
 	}

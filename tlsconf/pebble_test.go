@@ -226,6 +226,15 @@ func verifyServed(t *testing.T, addr, name string, roots *x509.CertPool) *x509.C
 		},
 	})
 	echo(t, noSNI, "no sni")
+	if got := noSNI.ConnectionState().PeerCertificates[0]; !got.Equal(leaf) {
+		t.Errorf("no-SNI client got serial %v, want the default %v", got.SerialNumber, leaf.SerialNumber)
+	}
+	// An unmanaged name gets the default certificate too (not a failed
+	// handshake); the client's own verification decides.
+	other := dial(t, addr, &tls.Config{InsecureSkipVerify: true, ServerName: "alias.popgate.test"})
+	if got := other.ConnectionState().PeerCertificates[0]; !got.Equal(leaf) {
+		t.Errorf("client with an unmanaged SNI got serial %v, want the default %v", got.SerialNumber, leaf.SerialNumber)
+	}
 	return leaf
 }
 

@@ -291,6 +291,14 @@ func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64) {
 	_, _ = c.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
 }
 
+// Sessions returns the number of open client connections (for metrics and
+// drain logs).
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
 // Shutdown stops accepting, waits for open sessions until ctx is done, then
 // closes the remaining ones without committing (DESIGN invariant 1) and
 // waits for their goroutines to end. It returns ctx.Err() when sessions had

@@ -1,7 +1,3 @@
-// Package proxy is popgate's POP3 protocol engine: it accepts client
-// connections (plain, STLS or implicit TLS), speaks POP3 to them (RFC 1939,
-// RFC 2449, RFC 2595, RFC 5034) and drives one backends.Mailbox per
-// session. It never imports a concrete backend.
 package proxy
 
 import (

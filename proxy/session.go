@@ -717,7 +717,7 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	return ss.fail(backends.CodeNone, name+" takes at most one argument")
 }
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 64*1024); return &b }}
 
 // cmdRETR serves RETR n and TOP n k (RFC 1939 §5, §7). The message is
 // opened before +OK, then streamed through the dot-stuffer with a fixed

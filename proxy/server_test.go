@@ -238,6 +238,9 @@ func TestShutdown(t *testing.T) {
 	`)
 	e.dialReady()
 	c3 := e.login("bob", "hunter2")
+	if n := e.srv.Sessions(); n != 3 {
+		t.Fatalf("Sessions() = %d, want 3", n)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()

@@ -52,6 +52,9 @@ type Options struct {
 	Users map[string]string
 	// POP3 also starts Dovecot's POP3 server on its own port (POP3Addr).
 	POP3 bool
+	// NoIMAP leaves IMAP out (with POP3: a POP3-only server, e.g. an imapc
+	// gateway). Addr is then "" and Append/Dial cannot be used.
+	NoIMAP bool
 	// CertFile and KeyFile (PEM) turn TLS on: STARTTLS on the IMAP (and
 	// POP3) port and an implicit-TLS IMAP port (IMAPSAddr).
 	CertFile, KeyFile string
@@ -60,9 +63,14 @@ type Options struct {
 	// Dovecot still accepts the commands; a client that checks
 	// capabilities will not use them.
 	DropCaps []string
-	// Extra is appended verbatim to dovecot.conf (e.g. an imapc setup).
-	// The text may use {{DIR}} for the server's folder.
+	// Extra is appended verbatim to dovecot.conf (e.g. an imapc setup);
+	// a setting given again there overrides the one above (Dovecot keeps
+	// the last). The text may use {{DIR}} for the server's folder.
 	Extra string
+	// PassdbExtra is added inside the passdb block, e.g.
+	// "override_fields = userdb_imapc_user=%u userdb_imapc_password=%w"
+	// for Dovecot's imapc POP3 gateway with the client's own password.
+	PassdbExtra string
 	// AuthFailureDelay is Dovecot's delay after a failed login. Zero: 0 s
 	// (Dovecot's own default is 2 s, too slow for tests).
 	AuthFailureDelay time.Duration
@@ -125,15 +133,19 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ { // a picked port may be taken meanwhile
-		s, err := start(bin, opts)
-		if err == nil {
+	if opts.NoIMAP && !opts.POP3 {
+		return nil, errors.New("dovecot: NoIMAP without POP3 leaves nothing to serve")
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		var s *Server
+		if s, err = start(bin, opts); err == nil {
 			return s, nil
 		}
-		lastErr = err
+		if !strings.Contains(err.Error(), "in use") { // only a port taken meanwhile is worth a retry
+			break
+		}
 	}
-	return nil, lastErr
+	return nil, err
 }
 
 func start(bin string, opts Options) (*Server, error) {
@@ -176,8 +188,10 @@ func start(bin string, opts Options) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	s.imapAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	if opts.CertFile != "" {
+	if !opts.NoIMAP {
+		s.imapAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	}
+	if opts.CertFile != "" && !opts.NoIMAP {
 		s.imapsAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	}
 	if opts.POP3 {
@@ -204,7 +218,10 @@ func start(bin string, opts Options) (*Server, error) {
 	s.cmd = cmd
 	go func() { cmd.Wait(); close(s.exited) }()
 
-	addrs := []string{s.imapAddr}
+	var addrs []string
+	if s.imapAddr != "" {
+		addrs = append(addrs, s.imapAddr)
+	}
 	if s.pop3Addr != "" {
 		addrs = append(addrs, s.pop3Addr)
 	}
@@ -257,10 +274,14 @@ func mailIDs() (uid, gid int, extra string, err error) {
 }
 
 func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []int) string {
-	protocols := "imap"
-	if opts.POP3 {
-		protocols += " pop3"
+	var protos []string
+	if !opts.NoIMAP {
+		protos = append(protos, "imap")
 	}
+	if opts.POP3 {
+		protos = append(protos, "pop3")
+	}
+	protocols := strings.Join(protos, " ")
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 	chroot := "" // without root, no service can chroot
@@ -287,7 +308,7 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	w("disable_plaintext_auth = no")
 	w("auth_mechanisms = plain login")
 	w("auth_failure_delay = %ds", int(opts.AuthFailureDelay/time.Second))
-	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s/%%u\n}", s.usersDir())
+	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s/%%u\n  %s\n}", s.usersDir(), opts.PassdbExtra)
 	w("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/home/%%u\n}", uid, gid, s.Dir)
 	w("mail_location = maildir:~/Maildir")
 	w("mail_uid = %d", uid)

@@ -145,8 +145,9 @@ func (m *Manager) startACME(ctx context.Context) error {
 
 	var magic *certmagic.Config
 	s.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
-		Logger:           zl,
+		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
+		Logger:             zl,
+		RenewCheckInterval: m.renewCheck,
 	})
 	magic = certmagic.New(s.cache, certmagic.Config{
 		Storage: storage,

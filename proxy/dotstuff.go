@@ -18,45 +18,49 @@ type dotWriter struct {
 	n      int64 // octets received, before stuffing
 }
 
-var crlf = []byte("\r\n")
-
 func (d *dotWriter) Write(p []byte) (int, error) {
 	d.n += int64(len(p))
-	total := len(p)
-	for len(p) > 0 {
-		if !d.midLn && p[0] == '.' {
+	// Octets go out in runs as long as possible: a run is cut only where a
+	// '.' must be added or a bare LF needs its CR.
+	run := 0 // start of the pending run in p
+	for i := 0; i < len(p); {
+		if !d.midLn && p[i] == '.' {
 			// RFC 1939 §3: byte-stuff a line beginning with the termination octet.
-			if err := d.w.WriteByte('.'); err != nil {
+			if err := d.put(p[run:i], "."); err != nil {
 				return 0, err
 			}
+			run = i
 		}
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			if _, err := d.w.Write(p); err != nil {
-				return 0, err
-			}
+		j := bytes.IndexByte(p[i:], '\n')
+		if j < 0 {
 			d.midLn = true
 			d.prevCR = p[len(p)-1] == '\r'
 			break
 		}
-		cr := i > 0 && p[i-1] == '\r' || i == 0 && d.prevCR
-		if cr {
-			if _, err := d.w.Write(p[:i+1]); err != nil {
+		lf := i + j
+		if !(lf > 0 && p[lf-1] == '\r' || lf == 0 && d.prevCR) {
+			// A bare LF ends a line too: send CRLF (RFC 1939 §3).
+			if err := d.put(p[run:lf], "\r\n"); err != nil {
 				return 0, err
 			}
-		} else {
-			// A bare LF ends a line too: send CRLF (RFC 1939 §3, lines end in CRLF).
-			if _, err := d.w.Write(p[:i]); err != nil {
-				return 0, err
-			}
-			if _, err := d.w.Write(crlf); err != nil {
-				return 0, err
-			}
+			run = lf + 1
 		}
 		d.midLn, d.prevCR = false, false
-		p = p[i+1:]
+		i = lf + 1
 	}
-	return total, nil
+	if _, err := d.w.Write(p[run:]); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// put writes b, then s.
+func (d *dotWriter) put(b []byte, s string) error {
+	if _, err := d.w.Write(b); err != nil {
+		return err
+	}
+	_, err := d.w.WriteString(s)
+	return err
 }
 
 // Close writes the terminator. It does not flush.
@@ -65,7 +69,7 @@ func (d *dotWriter) Close() error {
 		if d.prevCR {
 			d.w.WriteByte('\n')
 		} else {
-			d.w.Write(crlf)
+			d.w.WriteString("\r\n")
 		}
 	}
 	_, err := d.w.WriteString(".\r\n")

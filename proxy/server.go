@@ -1,7 +1,3 @@
-// Package proxy is popgate's POP3 protocol engine: it accepts client
-// connections (plain, STLS or implicit TLS), speaks POP3 to them (RFC 1939,
-// RFC 2449, RFC 2595, RFC 5034) and drives one backends.Mailbox per
-// session. It never imports a concrete backend.
 package proxy
 
 import (
@@ -289,6 +285,14 @@ func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64) {
 		c = tc
 	}
 	_, _ = c.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+}
+
+// Sessions returns the number of open client connections (for metrics and
+// drain logs).
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
 }
 
 // Shutdown stops accepting, waits for open sessions until ctx is done, then

@@ -227,9 +227,7 @@ func goroutinesBackTo(t *testing.T, n int) {
 
 func TestShutdown(t *testing.T) {
 	before := runtime.NumGoroutine()
-	e := newEnv(t, envConfig{opts: func(o *Options) {
-		o.Backend = o.Backend.(*memory.Backend)
-	}})
+	e := newEnv(t, envConfig{})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	// One session in TRANSACTION with a deletion marked, one before login,
 	// one that says QUIT during the grace period.
@@ -240,8 +238,11 @@ func TestShutdown(t *testing.T) {
 	`)
 	e.dialReady()
 	c3 := e.login("bob", "hunter2")
+	if n := e.srv.Sessions(); n != 3 {
+		t.Fatalf("Sessions() = %d, want 3", n)
+	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- e.srv.Shutdown(ctx) }()

@@ -95,11 +95,19 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 		start: time.Now(),
 	}
 	ss.log = o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
-	ss.lr.r = bufio.NewReaderSize(nc, readBufSize)
 	ss.dw = &deadlineWriter{c: nc, timeout: o.WriteTimeout}
-	ss.w = bufio.NewWriterSize(ss.dw, writeBufSize)
+	ss.lr.r = readerPool.Get().(*bufio.Reader)
+	ss.lr.r.Reset(nc)
+	ss.w = writerPool.Get().(*bufio.Writer)
+	ss.w.Reset(ss.dw)
 	return ss
 }
+
+// Connection buffers are recycled: a session's goroutine is their only user.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+)
 
 // kill closes the connection from another goroutine (Shutdown).
 func (ss *session) kill(reason string) {
@@ -200,6 +208,11 @@ func (ss *session) finish() {
 	ss.raw.Close()
 	ss.closeMailbox()
 	ss.cancel()
+	ss.lr.r.Reset(nil)
+	readerPool.Put(ss.lr.r)
+	ss.w.Reset(nil)
+	writerPool.Put(ss.w)
+	ss.lr.r, ss.w = nil, nil
 	if k := ss.killedReason(); k != "" && ss.end != endQuit && ss.end != endCommitFailed {
 		ss.end = k
 	}
@@ -239,15 +252,32 @@ func (ss *session) closeMailbox() {
 }
 
 // handshake runs the server side of TLS on the raw connection, bounded by
-// LoginTimeout. A failure costs only this connection.
+// LoginTimeout. A failure costs only this connection and is logged at debug
+// level with what the client offered.
 func (ss *session) handshake() bool {
-	tc := tls.Server(ss.raw, ss.o.TLSConfig)
+	var hello *tls.ClientHelloInfo
+	cfg := ss.o.TLSConfig.Clone()
+	base := ss.o.TLSConfig.GetConfigForClient
+	cfg.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		hello = h
+		if base != nil {
+			return base(h)
+		}
+		return nil, nil
+	}
+	tc := tls.Server(ss.raw, cfg)
 	_ = ss.raw.SetDeadline(time.Now().Add(ss.o.LoginTimeout))
 	ctx, cancel := context.WithTimeout(ss.ctx, ss.o.LoginTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		ss.log.Debug().Err(err).Msg("TLS handshake failed")
+		ev := ss.log.Debug().Err(err)
+		if hello != nil {
+			ev = ev.Str("sni", hello.ServerName).Strs("versions", versionNames(hello.SupportedVersions)).Int("ciphers", len(hello.CipherSuites))
+		} else {
+			ev = ev.Bool("client_hello", false)
+		}
+		ev.Msg("TLS handshake failed")
 		ss.end = endError
 		if k := ss.killedReason(); k != "" {
 			ss.end = k
@@ -261,8 +291,16 @@ func (ss *session) handshake() bool {
 	ss.dw.c = tc
 	st := tc.ConnectionState()
 	ss.log = ss.log.With().Bool("tls", true).Logger()
-	ss.log.Debug().Str("version", tls.VersionName(st.Version)).Str("cipher", tls.CipherSuiteName(st.CipherSuite)).Msg("TLS established")
+	ss.log.Debug().Str("version", tls.VersionName(st.Version)).Str("cipher", tls.CipherSuiteName(st.CipherSuite)).Str("sni", st.ServerName).Msg("TLS established")
 	return true
+}
+
+func versionNames(vs []uint16) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = tls.VersionName(v)
+	}
+	return out
 }
 
 // ok writes a positive single-line answer.
@@ -679,7 +717,7 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	return ss.fail(backends.CodeNone, name+" takes at most one argument")
 }
 
-var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 64*1024); return &b }}
 
 // cmdRETR serves RETR n and TOP n k (RFC 1939 §5, §7). The message is
 // opened before +OK, then streamed through the dot-stuffer with a fixed

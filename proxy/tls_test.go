@@ -193,6 +193,20 @@ func TestSTLSHandshakeFailure(t *testing.T) {
 	c.sendRaw("this is not a TLS ClientHello\r\n")
 	c.expectClosed()
 	eventually(t, "handshake failure logged", func() bool { return strings.Contains(e.logs.String(), "TLS handshake failed") })
+	// A client offering only TLS 1.0 against Go's 1.2 minimum: the log tells why.
+	old := e.dialReady()
+	old.script(`
+		C: STLS
+		S: +OK begin TLS negotiation
+	`)
+	tc := tls.Client(old.c, &tls.Config{InsecureSkipVerify: true, ServerName: "pop.example", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
+	_ = tc.SetDeadline(time.Now().Add(ioTimeout))
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("TLS 1.0 handshake succeeded")
+	}
+	eventually(t, "reason logged", func() bool {
+		return strings.Contains(e.logs.String(), `"sni":"pop.example","versions":["TLS 1.0"]`)
+	})
 	// Others are served.
 	e.login("alice", "secret pw")
 }

@@ -145,15 +145,19 @@ func (m *Manager) startACME(ctx context.Context) error {
 
 	var magic *certmagic.Config
 	s.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
-		Logger:           zl,
+		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
+		Logger:             zl,
+		RenewCheckInterval: m.renewCheck,
 	})
 	magic = certmagic.New(s.cache, certmagic.Config{
 		Storage: storage,
 		Logger:  zl,
-		// Clients without SNI get the first domain's certificate.
-		DefaultServerName: a.Domains[0],
-		OnEvent:           s.onEvent,
+		// Clients without SNI, or with a name not managed here (an alias,
+		// a bare IP), get the first domain's certificate, as with static
+		// files; the client decides whether it trusts it.
+		DefaultServerName:  a.Domains[0],
+		FallbackServerName: a.Domains[0],
+		OnEvent:            s.onEvent,
 	})
 	s.magic = magic
 

@@ -106,6 +106,13 @@ type pebble struct {
 // tlsPort of 127.0.0.1 (every name resolves there).
 func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 	t.Helper()
+	return startPebbleValidity(t, httpPort, tlsPort, 7776000)
+}
+
+// startPebbleValidity is startPebble issuing certificates valid for
+// validity seconds.
+func startPebbleValidity(t *testing.T, httpPort, tlsPort, validity int) *pebble {
+	t.Helper()
 	bin := pebbleBinary(t)
 	dir := t.TempDir()
 	ca := newTestCA(t)
@@ -128,7 +135,7 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
 		"keyAlgorithm":                   "ecdsa",
 		"profiles": map[string]any{
-			"default": map[string]any{"description": "test", "validityPeriod": 7776000},
+			"default": map[string]any{"description": "test", "validityPeriod": validity},
 		},
 	}}
 	data, _ := json.Marshal(cfg)
@@ -148,7 +155,7 @@ func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("PEBBLE_LOG") != "" {
 			t.Logf("pebble output:\n%s", out.String())
 		}
 	})
@@ -226,6 +233,15 @@ func verifyServed(t *testing.T, addr, name string, roots *x509.CertPool) *x509.C
 		},
 	})
 	echo(t, noSNI, "no sni")
+	if got := noSNI.ConnectionState().PeerCertificates[0]; !got.Equal(leaf) {
+		t.Errorf("no-SNI client got serial %v, want the default %v", got.SerialNumber, leaf.SerialNumber)
+	}
+	// An unmanaged name gets the default certificate too (not a failed
+	// handshake); the client's own verification decides.
+	other := dial(t, addr, &tls.Config{InsecureSkipVerify: true, ServerName: "alias.popgate.test"})
+	if got := other.ConnectionState().PeerCertificates[0]; !got.Equal(leaf) {
+		t.Errorf("client with an unmanaged SNI got serial %v, want the default %v", got.SerialNumber, leaf.SerialNumber)
+	}
 	return leaf
 }
 
@@ -356,4 +372,78 @@ func TestACMEBadCARoot(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "tls.acme.ca_root") {
 		t.Fatalf("err %v, want one naming tls.acme.ca_root", err)
 	}
+}
+
+// TestACMETLSALPNOwnListener: no implicit-TLS listener on the address the CA
+// validates; certmagic answers TLS-ALPN-01 on TLSALPNAddress itself during
+// the challenge and frees the address afterwards.
+func TestACMETLSALPNOwnListener(t *testing.T) {
+	alpnPort := freePort(t)
+	p := startPebble(t, freePort(t), alpnPort)
+	const domain = "alpn.popgate.test"
+	m := newACMEManager(t, Config{ACME: &ACMEConfig{
+		Domains:        []string{domain},
+		CA:             p.dirURL,
+		CARoot:         p.caRoot,
+		Storage:        t.TempDir(),
+		TLSALPNAddress: fmt.Sprintf("127.0.0.1:%d", alpnPort),
+	}}, testLogger(t))
+	srv := startTLSServer(t, m.ServerConfig())
+	verifyServed(t, srv.addr, domain, p.issuingRoots(t))
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", alpnPort))
+	if err != nil {
+		t.Fatalf("TLS-ALPN address still taken after issuance: %v", err)
+	}
+	ln.Close()
+}
+
+// TestACMERenewalInBackground: a short-lived certificate is renewed by
+// the background maintenance; the next handshake gets the new one while an
+// open connection keeps working.
+func TestACMERenewalInBackground(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startPebbleValidity(t, freePort(t), ln.Addr().(*net.TCPAddr).Port, 20)
+	const domain = "renew.popgate.test"
+	m, err := New(context.Background(), Config{ACME: &ACMEConfig{
+		Domains:        []string{domain},
+		CA:             p.dirURL,
+		CARoot:         p.caRoot,
+		Storage:        t.TempDir(),
+		TLSALPNAddress: ln.Addr().String(),
+	}}, testLogger(t), func(m *Manager) { m.renewCheck, m.renewRatio = 200*time.Millisecond, 0.95 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	srv := serveTLS(t, ln, m.ServerConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := m.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	roots := p.issuingRoots(t)
+	client := &tls.Config{RootCAs: roots, ServerName: domain}
+	old := dial(t, srv.addr, client)
+	first := servedSerial(old)
+
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		c := dial(t, srv.addr, client)
+		got := servedSerial(c)
+		c.Close()
+		if got.Cmp(first) != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("certificate not renewed in the background (still serial %v, %d orders)", got, p.orders())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := p.orders(); n < 2 {
+		t.Errorf("pebble saw %d orders, want a renewal order", n)
+	}
+	echo(t, old, "still open")
 }

@@ -95,6 +95,10 @@ type Manager struct {
 	closeMu sync.Once
 
 	acme *acmeState // nil unless ACME
+
+	// ACME tuning for tests; zero: certmagic's defaults.
+	renewCheck time.Duration // how often the cache looks for certificates to renew
+	renewRatio float64       // fraction of the lifetime that is the renewal window
 }
 
 // New builds the Manager for c: static files are loaded now (an error names

@@ -33,7 +33,7 @@ func (s *syncBuffer) String() string {
 
 // testLogger writes to the test log.
 func testLogger(t testing.TB) zerolog.Logger {
-	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 }
 
 func TestStaticCertificateServed(t *testing.T) {

@@ -3,6 +3,10 @@
 // mailbox at login, messages streamed in bounded chunks, and the session's
 // deletions applied at QUIT by the backend's delete policy.
 //
+// UIDLs follow Dovecot's pop3_uidl_format by default ("%08Xu%08Xv"). Note
+// that Dovecot writes these hex digits in lowercase (checked against
+// Dovecot 2.3's own POP3 in the tests); "%08XUu%08XUv" gives uppercase.
+//
 // Upstream texts never reach the POP3 client: failures are returned as
 // backends.ErrAuthFailed ([AUTH]) or backends.ErrUnavailable ([SYS/TEMP])
 // carrying the upstream error as their cause, for the log only.
@@ -162,14 +166,24 @@ func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.M
 		if caps == nil {
 			return errors.New("no CAPABILITY answer")
 		}
+		var err error
 		switch {
 		case caps.Has(imap.AuthCap(sasl.Plain)): // RFC 4616, SASL-IR (RFC 4959) when offered
-			return authErr(cl.Authenticate(sasl.NewPlainClient("", c.Username, c.Password)))
+			err = authErr(cl.Authenticate(sasl.NewPlainClient("", c.Username, c.Password)))
 		case caps.Has(imap.CapLoginDisabled): // RFC 3501 §6.2.3
 			return backends.ErrUnavailable.Wrap(errors.New("server announces LOGINDISABLED and no AUTH=PLAIN (use tls: starttls or implicit)"))
 		default:
-			return authErr(cl.Login(c.Username, c.Password).Wait())
+			err = authErr(cl.Login(c.Username, c.Password).Wait())
 		}
+		if err != nil {
+			return err
+		}
+		// The capabilities after login (asked again unless the server
+		// sent them with its OK) decide UIDPLUS and MOVE.
+		if m.caps = cl.Caps(); m.caps == nil {
+			return errors.New("no CAPABILITY answer after login")
+		}
+		return nil
 	})
 	if err != nil {
 		m.Close()
@@ -180,7 +194,6 @@ func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.M
 		}
 		return nil, err
 	}
-	m.caps = cl.Caps()
 	log.Debug().Dur("took", time.Since(start)).Msg("upstream login")
 	return m, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/popgate/popgate/backends"
 	"hash/crc32"
 	"io"
 	"runtime"
@@ -139,4 +140,48 @@ func BenchmarkRetr50MB(b *testing.B) {
 		peak = max(peak, growth)
 	}
 	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
+}
+
+// BenchmarkIdleSessions reports the gateway heap held per logged-in, idle
+// upstream session (Login + Snapshot of a 20-message mailbox, Dovecot).
+func BenchmarkIdleSessions(b *testing.B) {
+	st := sharedDovecot(b)
+	msgs := make([][]byte, 20)
+	for i := range msgs {
+		msgs[i] = bigMessage(2 << 10)
+	}
+	md := seedMaildrop(b, st, msgs)
+	be, err := New(md.config(backendtest.Policy{}), testLogger(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	const n = 200
+	var perSession float64
+	for i := 0; i < b.N; i++ {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		var open []backends.Mailbox
+		var snaps [][]backends.Message
+		for j := 0; j < n; j++ {
+			mb, err := be.Login(context.Background(), md.Credentials())
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := mb.Snapshot(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			open = append(open, mb)
+			snaps = append(snaps, s)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		perSession = float64(after.HeapAlloc-before.HeapAlloc) / n / 1024
+		for _, mb := range open {
+			mb.Close()
+		}
+		runtime.KeepAlive(snaps)
+	}
+	b.ReportMetric(perSession, "heap-KB/session")
 }

@@ -34,7 +34,11 @@ func TestVersionAndHelp(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "check-config") {
 		t.Errorf("--help: status %d, %q", code, out)
 	}
-	code, _, errOut := runPopgate(t, "frobnicate")
+	code, _, errOut := runPopgate(t)
+	if code != 2 || !strings.HasPrefix(errOut, "popgate is a POP3 gateway") {
+		t.Errorf("no command: status %d, %q", code, errOut)
+	}
+	code, _, errOut = runPopgate(t, "frobnicate")
 	if code != 2 || !strings.HasPrefix(errOut, `popgate: unknown command "frobnicate"`) {
 		t.Errorf("unknown command: status %d, %q", code, errOut)
 	}
@@ -131,6 +135,17 @@ func TestCheckConfig(t *testing.T) {
 	code, _, errOut = runPopgate(t, "check-config", "--config", p)
 	if want := "popgate: " + p + ": line 8: backends.main: "; code != 2 || !strings.HasPrefix(errOut, want) || !strings.Contains(errOut, "uidl_template") {
 		t.Errorf("uidl_template: status %d, stderr %q, want %q…", code, errOut, want)
+	}
+
+	// a certificate file that is not PEM: serve names the file and exits 2
+	// before serving anything
+	notPEM := filepath.Join(dir, "not-a-cert.pem")
+	os.WriteFile(notPEM, []byte("hello\n"), 0o600)
+	certLine := regexp.MustCompile(`(?m)^  cert_file: .*$`)
+	p = write("badcert.yaml", strings.Replace(certLine.ReplaceAllString(good, "  cert_file: "+notPEM), "127.0.0.1:1110", freeAddr(t), 1))
+	code, out, errOut = runPopgate(t, "serve", "-c", p)
+	if want := "popgate: " + p + ": tls: "; code != 2 || !strings.HasPrefix(errOut, want) || strings.Count(errOut, "\n") != 1 || out != "" {
+		t.Errorf("serve with a bad certificate: status %d, stderr %q, want 2 and one line %q…", code, errOut, want)
 	}
 
 	missing := filepath.Join(dir, "nope.yaml")

@@ -175,13 +175,13 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		rt.tlsCfg = tlsConfig(cfg.TLS)
 		if prev != nil && prev.tls != nil && reflect.DeepEqual(prev.tlsCfg, rt.tlsCfg) {
 			if err := prev.tls.Reload(); err != nil {
-				return nil, fmt.Errorf("tls: %w", err)
+				return nil, err // tlsconf names the key and file
 			}
 			rt.tls = prev.tls
 		} else {
 			m, err := tlsconf.New(context.Background(), rt.tlsCfg, log)
 			if err != nil {
-				return nil, fmt.Errorf("tls: %w", err)
+				return nil, err // tlsconf names the key and file
 			}
 			rt.tls = m
 		}

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,6 +52,9 @@ type Options struct {
 	Users map[string]string
 	// POP3 also starts Dovecot's POP3 server on its own port (POP3Addr).
 	POP3 bool
+	// NoIMAP leaves IMAP out (with POP3: a POP3-only server, e.g. an imapc
+	// gateway). Addr is then "" and Append/Dial cannot be used.
+	NoIMAP bool
 	// CertFile and KeyFile (PEM) turn TLS on: STARTTLS on the IMAP (and
 	// POP3) port and an implicit-TLS IMAP port (IMAPSAddr).
 	CertFile, KeyFile string
@@ -59,9 +63,14 @@ type Options struct {
 	// Dovecot still accepts the commands; a client that checks
 	// capabilities will not use them.
 	DropCaps []string
-	// Extra is appended verbatim to dovecot.conf (e.g. an imapc setup).
-	// The text may use {{DIR}} for the server's folder.
+	// Extra is appended verbatim to dovecot.conf (e.g. an imapc setup);
+	// a setting given again there overrides the one above (Dovecot keeps
+	// the last). The text may use {{DIR}} for the server's folder.
 	Extra string
+	// PassdbExtra is added inside the passdb block, e.g.
+	// "override_fields = userdb_imapc_user=%u userdb_imapc_password=%w"
+	// for Dovecot's imapc POP3 gateway with the client's own password.
+	PassdbExtra string
 	// AuthFailureDelay is Dovecot's delay after a failed login. Zero: 0 s
 	// (Dovecot's own default is 2 s, too slow for tests).
 	AuthFailureDelay time.Duration
@@ -124,15 +133,19 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ { // a picked port may be taken meanwhile
-		s, err := start(bin, opts)
-		if err == nil {
+	if opts.NoIMAP && !opts.POP3 {
+		return nil, errors.New("dovecot: NoIMAP without POP3 leaves nothing to serve")
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		var s *Server
+		if s, err = start(bin, opts); err == nil {
 			return s, nil
 		}
-		lastErr = err
+		if !strings.Contains(err.Error(), "in use") { // only a port taken meanwhile is worth a retry
+			break
+		}
 	}
-	return nil, lastErr
+	return nil, err
 }
 
 func start(bin string, opts Options) (*Server, error) {
@@ -175,8 +188,10 @@ func start(bin string, opts Options) (*Server, error) {
 	if err != nil {
 		return fail(err)
 	}
-	s.imapAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
-	if opts.CertFile != "" {
+	if !opts.NoIMAP {
+		s.imapAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	}
+	if opts.CertFile != "" && !opts.NoIMAP {
 		s.imapsAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	}
 	if opts.POP3 {
@@ -203,7 +218,10 @@ func start(bin string, opts Options) (*Server, error) {
 	s.cmd = cmd
 	go func() { cmd.Wait(); close(s.exited) }()
 
-	addrs := []string{s.imapAddr}
+	var addrs []string
+	if s.imapAddr != "" {
+		addrs = append(addrs, s.imapAddr)
+	}
 	if s.pop3Addr != "" {
 		addrs = append(addrs, s.pop3Addr)
 	}
@@ -247,17 +265,29 @@ func mailIDs() (uid, gid int, extra string, err error) {
 	if err != nil {
 		return 0, 0, "", err
 	}
-	extra = fmt.Sprintf("default_internal_user = %s\ndefault_login_user = %s\n", u.Username, u.Username)
+	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))
+	if err != nil {
+		return 0, 0, "", err
+	}
+	extra = fmt.Sprintf("default_internal_user = %s\ndefault_internal_group = %s\ndefault_login_user = %s\n", u.Username, g.Name, u.Username)
 	return os.Getuid(), os.Getgid(), extra, nil
 }
 
 func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []int) string {
-	protocols := "imap"
-	if opts.POP3 {
-		protocols += " pop3"
+	var protos []string
+	if !opts.NoIMAP {
+		protos = append(protos, "imap")
 	}
+	if opts.POP3 {
+		protos = append(protos, "pop3")
+	}
+	protocols := strings.Join(protos, " ")
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	chroot := "" // without root, no service can chroot
+	if os.Getuid() != 0 {
+		chroot = "  chroot = \n"
+	}
 	w("# private Dovecot for popgate tests")
 	w("instance_name = popgate-test-%d", ports[0])
 	w("base_dir = %s/run", s.Dir)
@@ -278,7 +308,7 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	w("disable_plaintext_auth = no")
 	w("auth_mechanisms = plain login")
 	w("auth_failure_delay = %ds", int(opts.AuthFailureDelay/time.Second))
-	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s/%%u\n}", s.usersDir())
+	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s/%%u\n  %s\n}", s.usersDir(), opts.PassdbExtra)
 	w("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/home/%%u\n}", uid, gid, s.Dir)
 	w("mail_location = maildir:~/Maildir")
 	w("mail_uid = %d", uid)
@@ -292,16 +322,16 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	w("pop3_uidl_format = %%08Xu%%08Xv")
 	// Auth penalty (anvil delays logins after failures from one IP, and
 	// every test connects from 127.0.0.1): off, as Dovecot documents.
-	w("service anvil {\n  client_limit = 10000\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}")
+	w("service anvil {\n%s  client_limit = 10000\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}", chroot)
 	w("service auth {\n  client_limit = 10000\n}")
 	imapsPort := 0
 	if opts.CertFile != "" {
 		imapsPort = ports[1]
 	}
-	w("service imap-login {\n  inet_listener imap {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener imaps {\n    address = 127.0.0.1\n    port = %d\n    ssl = yes\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", ports[0], imapsPort)
+	w("service imap-login {\n%s  inet_listener imap {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener imaps {\n    address = 127.0.0.1\n    port = %d\n    ssl = yes\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", chroot, ports[0], imapsPort)
 	w("service imap {\n  process_limit = 2500\n}")
 	if opts.POP3 {
-		w("service pop3-login {\n  inet_listener pop3 {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", ports[2])
+		w("service pop3-login {\n%s  inet_listener pop3 {\n    address = 127.0.0.1\n    port = %d\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n  service_count = 0\n  process_min_avail = 1\n  client_limit = 5000\n}", chroot, ports[2])
 		w("service pop3 {\n  process_limit = 2500\n}")
 	}
 	if len(opts.DropCaps) > 0 {

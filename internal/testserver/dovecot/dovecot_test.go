@@ -83,3 +83,41 @@ func TestLines(t *testing.T) {
 		t.Fatalf("%q", got)
 	}
 }
+
+// Dovecot's own POP3-over-IMAP gateway (imapc) in front of another private
+// Dovecot: how benchmarks set up the peer popgate is compared with.
+func TestImapcGateway(t *testing.T) {
+	users := map[string]string{"carol": "pw-carol"}
+	up := Start(t, Options{Users: users})
+	gw := Start(t, Options{
+		Users:  users,
+		POP3:   true,
+		NoIMAP: true,
+		Extra: "mail_location = imapc:~/imapc\nimapc_host = 127.0.0.1\n" +
+			"imapc_port = " + strings.Split(up.Addr(), ":")[1] + "\nimapc_features = rfc822.size fetch-headers\n",
+		PassdbExtra: "override_fields = userdb_imapc_user=%u userdb_imapc_password=%w",
+	})
+	raw := []byte("Subject: via imapc\r\n\r\nbody\r\n")
+	if _, err := up.Append("carol", "INBOX", raw); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.DialTimeout("tcp", gw.POP3Addr(), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(pc)
+	r.ReadString('\n')
+	for _, cmd := range []string{"USER carol", "PASS pw-carol", "STAT"} {
+		pc.Write([]byte(cmd + "\r\n"))
+		l, _ := r.ReadString('\n')
+		if !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("%s: %q\n%s", cmd, l, gw.Log())
+		}
+		if cmd == "STAT" && strings.TrimSpace(l) != "+OK 1 "+strconv.Itoa(len(raw)) {
+			t.Fatalf("STAT through imapc = %q", l)
+		}
+	}
+	pc.Write([]byte("QUIT\r\n"))
+}

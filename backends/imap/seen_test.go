@@ -1,0 +1,126 @@
+package imap
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/backends/backendtest"
+)
+
+// \Seen is set only after a complete RETR, and never with mark_seen off.
+func TestMarkSeen(t *testing.T) {
+	for _, st := range []struct {
+		name string
+		s    func(t *testing.T) store
+	}{
+		{"MemServer", func(t *testing.T) store { return newMemStore(t, nil) }},
+		{"Dovecot", func(t *testing.T) store { return sharedDovecot(t) }},
+	} {
+		t.Run(st.name, func(t *testing.T) {
+			msgs := backendtest.Messages()[:3]
+			for _, tc := range []struct {
+				name     string
+				markSeen bool
+				read     int // octets to read of message 1; -1 all
+				want     bool
+			}{
+				{"complete", true, -1, true},
+				{"partial", true, 10, false},
+				{"off", false, -1, false},
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					md := seedMaildrop(t, st.s(t), msgs)
+					md.tweak = func(c *Config) { c.MarkSeen = &tc.markSeen }
+					b, err := New(md.config(backendtest.Policy{}), testLogger(t))
+					if err != nil {
+						t.Fatal(err)
+					}
+					ctx := context.Background()
+					mb, err := b.Login(ctx, md.Credentials())
+					if err != nil {
+						t.Fatal(err)
+					}
+					snap, err := mb.Snapshot(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					r, err := mb.Open(ctx, snap[1], -1)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if tc.read < 0 {
+						io.Copy(io.Discard, r)
+					} else {
+						io.CopyN(io.Discard, r, int64(tc.read))
+					}
+					r.Close()
+					mb.Close() // no Commit: \Seen does not wait for QUIT
+					for n, s := range inMainState(md.State(t)) {
+						if want := tc.want && n == 1; s.HasFlag(`\Seen`) != want {
+							t.Errorf("seq %d: \\Seen %v, want %v", n, !want, want)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// A slow POP3 client: the pause between reads is not bounded by the
+// upstream command timeout (each chunk is read off the socket at once and
+// the upstream connection is idle meanwhile), so a client slower than any
+// upstream deadline still gets the whole message.
+func TestSlowReader(t *testing.T) {
+	for _, st := range []struct {
+		name string
+		s    func(t *testing.T) store
+	}{
+		{"MemServer", func(t *testing.T) store { return newMemStore(t, nil) }},
+		{"Dovecot", func(t *testing.T) store { return sharedDovecot(t) }},
+	} {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			raw := bigMessage(24 << 10)
+			md := seedMaildrop(t, st.s(t), [][]byte{raw})
+			md.tweak = func(c *Config) { c.ChunkSize = 16 << 10; c.CommandTimeout = 150 * time.Millisecond }
+			b, err := New(md.config(backendtest.Policy{}), testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			mb, err := b.Login(ctx, md.Credentials())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer mb.Close()
+			snap, err := mb.Snapshot(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := mb.Open(ctx, snap[0], -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			var got []byte
+			buf := make([]byte, 8<<10)
+			for {
+				n, err := r.Read(buf)
+				got = append(got, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("after %d octets: %v", len(got), err)
+				}
+				time.Sleep(400 * time.Millisecond) // longer than the command timeout
+			}
+			if !bytes.Equal(got, raw) {
+				t.Fatalf("got %d octets, want %d, content differs", len(got), len(raw))
+			}
+		})
+	}
+}

@@ -32,7 +32,7 @@ type poplibResult struct {
 // everything, then between is called (with the session still open), then the
 // script sends DELE for dele and QUIT. It returns what the script saw and
 // QUIT's answer.
-func poplibSession(t *testing.T, g *gateway, user, pass string, dele []int, between func()) (poplibResult, string) {
+func poplibSession(t *testing.T, g *gateway, user, pass string, dele []int, between func(), extra ...string) (poplibResult, string) {
 	t.Helper()
 	var nums []string
 	for _, n := range dele {
@@ -41,7 +41,7 @@ func poplibSession(t *testing.T, g *gateway, user, pass string, dele []int, betw
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	script, _ := filepath.Abs("testdata/poplib_session.py")
-	cmd := exec.CommandContext(ctx, "python3", script, g.host(), g.port(), user, strings.Join(nums, ","))
+	cmd := exec.CommandContext(ctx, "python3", append([]string{script, g.host(), g.port(), user, strings.Join(nums, ",")}, extra...)...)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	var stderr bytes.Buffer
@@ -185,5 +185,34 @@ func TestPoplib(t *testing.T) {
 	}
 	if hidesDeleted && strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("UIDLs in the second session: %v, want %v (unchanged, \\Deleted ones left out)", got, want)
+	}
+}
+
+// DESIGN invariant 1: DELE without QUIT (the client drops the connection)
+// deletes nothing upstream.
+func TestPoplibDropWithoutQuit(t *testing.T) {
+	require(t, "python3")
+	const user = "e2e-poplib-drop"
+	pass := newUser(t, user)
+	uids := appendAll(t, user, corpus()[:3])
+	g := startGateway(t, pass)
+	_, quit := poplibSession(t, g, user, pass, []int{1, 2, 3}, nil, "abort")
+	if quit != "aborted" {
+		t.Fatalf("script: %q", quit)
+	}
+	// A new session (the script retries while the maildrop is still
+	// locked by the dropped one) sees all three.
+	res, q := poplibSession(t, g, user, pass, nil, nil)
+	if !strings.HasPrefix(q, "+OK") || len(res.Stat) != 2 || res.Stat[0] != 3 {
+		t.Errorf("after a dropped session with DELE: STAT %v, QUIT %q; want 3 messages", res.Stat, q)
+	}
+	_, up := upstream(t, user)
+	if len(up) != len(uids) {
+		t.Errorf("upstream holds %d messages after a drop without QUIT, want %d", len(up), len(uids))
+	}
+	for _, m := range up {
+		if m.has(imap.FlagDeleted) {
+			t.Errorf("UID %d was flagged \\Deleted although the client never sent QUIT", m.UID)
+		}
 	}
 }

@@ -27,6 +27,10 @@
 #   CONC=8 LOGIN_SECS=10 RETR_SECS=20 ROUNDS=3 bench/compare.sh
 # Everything it starts is stopped and its folder removed at exit (KEEP=1
 # keeps the folder). The whole run is bounded by MAX_SECS.
+#
+# For profiling by hand: POPGATE_BIN=FILE uses that popgate binary (e.g. one
+# built with a pprof endpoint) and HOLD=1 stops after the warm-up, prints the
+# three addresses and waits until interrupted (or MAX_SECS).
 set -euo pipefail
 
 MSGS=${MSGS:-1000}
@@ -42,6 +46,8 @@ SMALL=${SMALL:-10}
 MAX_SECS=${MAX_SECS:-1800}
 PASS=bench-Pw-1
 KEEP=${KEEP:-0}
+HOLD=${HOLD:-0}
+POPGATE_BIN=${POPGATE_BIN:-}
 
 # Bound the whole run: re-run this script under timeout(1); SIGTERM at the
 # limit runs the cleanup below.
@@ -92,7 +98,11 @@ wait_port() { # wait_port PORT NAME
 
 log "building popgate and pop3load"
 mkdir -p "$WORK/bin"
-go build -o "$WORK/bin/popgate" ./cmd/popgate
+if [ -n "$POPGATE_BIN" ]; then
+	cp "$POPGATE_BIN" "$WORK/bin/popgate"
+else
+	go build -o "$WORK/bin/popgate" ./cmd/popgate
+fi
 go build -o "$WORK/bin/pop3load" ./cmd/pop3load
 LOAD="$WORK/bin/pop3load"
 
@@ -284,6 +294,13 @@ for t in "${TARGETS[@]}"; do
 	load "$t" -mode retr -n "$CONC" -verify >"$WORK/warm-$t.txt" || { cat "$WORK/warm-$t.txt" >&2; echo "compare.sh: warm-up of $t failed" >&2; exit 1; }
 	log "  $t: $(cat "$WORK/warm-$t.txt")"
 done
+
+if [ "$HOLD" = 1 ]; then
+	for t in "${TARGETS[@]}"; do echo "$t ${ADDR[$t]}"; done
+	echo "popgate pid $MAIN_POPGATE; users load1..load$CONC, idle1..idle$IDLE, small1..small$IDLE, big; password $PASS; pop3load: $LOAD"
+	echo "holding; interrupt to stop"
+	while :; do sleep 1; done
+fi
 
 declare -A LOGIN RETR
 for r in $(seq "$ROUNDS"); do

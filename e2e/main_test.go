@@ -74,24 +74,32 @@ func run(m *testing.M) int {
 // given client binaries are installed.
 func require(t *testing.T, bins ...string) {
 	t.Helper()
-	missing := func(err error) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
 	if dcErr != nil {
 		if errors.Is(dcErr, dovecot.ErrNotInstalled) {
-			missing(dcErr)
+			missing(t, dcErr)
 		}
 		t.Fatalf("starting Dovecot: %v", dcErr)
 	}
+	requireBin(t, bins...)
+}
+
+// requireBin skips t, or fails it when CI=true, unless the given client
+// binaries are installed.
+func requireBin(t *testing.T, bins ...string) {
+	t.Helper()
 	for _, b := range bins {
 		if _, err := exec.LookPath(b); err != nil {
-			missing(fmt.Errorf("%s not installed (Debian package %s)", b, b))
+			missing(t, fmt.Errorf("%s not installed (Debian package %s)", b, b))
 		}
 	}
+}
+
+func missing(t *testing.T, err error) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(err)
+	}
+	t.Skip(err)
 }
 
 // newUser creates a Dovecot user for t alone and returns its password. The

@@ -242,7 +242,7 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("Sessions() = %d, want 3", n)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- e.srv.Shutdown(ctx) }()

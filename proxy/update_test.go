@@ -72,7 +72,7 @@ func TestLockFreedAfterDrop(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	e := newEnv(t, envConfig{opts: func(o *Options) { o.IdleTimeout = 300 * time.Millisecond }})
+	e := newEnv(t, envConfig{opts: func(o *Options) { o.IdleTimeout = time.Second }})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
 	c.script(`

@@ -214,7 +214,6 @@ func (m *Manager) startACME(ctx context.Context) error {
 		s.httpSrv = &http.Server{
 			Handler:           s.issuer.HTTPChallengeHandler(http.NotFoundHandler()),
 			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          nil,
 		}
 		s.httpWG.Add(1)
 		go func() {

@@ -15,8 +15,8 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ALPNProtocol is the ALPN identifier of POP3 (IANA "pop3", RFC 8314 §7.2 era
-// registration), offered on every listener.
+// ALPNProtocol is POP3's protocol ID in the IANA TLS ALPN registry,
+// offered on every listener (RFC 7301 §3).
 const ALPNProtocol = "pop3"
 
 // DefaultPollInterval is how often static certificate files are checked for

@@ -1,5 +1,14 @@
 // Package tlsconf builds the *tls.Config values popgate uses: toward clients
 // (static files, self-signed for the demo, ACME) and toward upstream stores.
+//
+// Toward clients, a Manager hands out one *tls.Config (ServerConfig) shared
+// by every listener; it picks the certificate per handshake, so a reload
+// (SIGHUP, changed files) or an ACME renewal reaches the next handshake
+// while open sessions keep theirs. With ACME (github.com/caddyserver/certmagic)
+// TLS-ALPN-01 (RFC 8737) is answered by every listener using ServerConfig
+// and, during a challenge, on tls.acme.tls_alpn_address when nothing else
+// listens there; HTTP-01 (RFC 8555 §8.3) on tls.acme.http_address.
+// certmagic's zap logs are written to the caller's zerolog logger.
 package tlsconf
 
 import (

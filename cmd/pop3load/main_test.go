@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -163,5 +164,40 @@ func TestAgainstDovecotPOP3(t *testing.T) {
 	res = runIdle(cfg, never, &out)
 	if res.errors != 0 || res.sessions != 4 || !strings.HasPrefix(out.String(), "ready sessions=4 errors=0") {
 		t.Errorf("idle: %s %v %q", res, res.firstErrors, out.String())
+	}
+}
+
+// Random messages, dense with lines that begin with dots, at sizes around
+// the read buffer: the octet count always equals the message size.
+func TestRetrUnstuffsRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for c := 0; c < 30; c++ {
+		var b strings.Builder
+		size := rng.IntN(200 << 10)
+		for b.Len() < size {
+			switch rng.IntN(4) {
+			case 0:
+				b.WriteString(".")
+			case 1:
+				b.WriteString("..")
+			}
+			b.WriteString(strings.Repeat("x", rng.IntN(100)))
+			b.WriteString("\r\n")
+		}
+		body := b.String()
+		addr := scriptedServer(t, body)
+		pc, err := dialPOP3(addr, tlsNone, nil, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pc.login("u", "p"); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ { // twice: the first body must end exactly at its terminator
+			if got, err := pc.retr(1); err != nil || got != int64(len(body)) {
+				t.Fatalf("case %d: retr = %d, %v; want %d", c, got, err, len(body))
+			}
+		}
+		pc.Close()
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,12 +140,30 @@ func (m *Manager) newTLSConfig(minV uint16) *tls.Config {
 	if m.cfg.ACME != nil && m.cfg.ACME.challenge() == ChallengeTLSALPN {
 		protos = append(protos, acmeTLS1Protocol)
 	}
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion:     minV,
 		NextProtos:     protos,
 		GetCertificate: m.getCertificate,
 		// CipherSuites left nil: Go's default suites.
 	}
+	// RFC 7301 §3.2 lets a server that supports none of the client's
+	// protocols answer with no_application_protocol, and Go's server does.
+	// A mail client that offers some other protocol name (imap, http/1.1,
+	// …) must still get POP3, so such a client is served without ALPN.
+	noALPN := cfg.Clone()
+	noALPN.NextProtos = nil
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if len(hello.SupportedProtos) == 0 {
+			return nil, nil
+		}
+		for _, p := range hello.SupportedProtos {
+			if slices.Contains(protos, p) {
+				return nil, nil
+			}
+		}
+		return noALPN, nil
+	}
+	return cfg
 }
 
 // ServerConfig returns the one *tls.Config every listener (implicit TLS and

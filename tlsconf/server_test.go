@@ -320,3 +320,19 @@ func TestSelfSigned(t *testing.T) {
 		t.Error("self-signed manager accepted TLS 1.1")
 	}
 }
+
+// A client offering only protocols popgate does not speak still gets a
+// POP3 session (no ALPN) instead of a no_application_protocol alert.
+func TestForeignALPNStillServed(t *testing.T) {
+	f := newStaticFixture(t, Config{})
+	cfg := f.client()
+	cfg.NextProtos = []string{"imap", "http/1.1"}
+	c := dial(t, f.srv.addr, cfg)
+	if p := c.ConnectionState().NegotiatedProtocol; p != "" {
+		t.Errorf("negotiated ALPN %q, want none", p)
+	}
+	if got := servedSerial(c); got.Cmp(f.serial) != 0 {
+		t.Fatalf("served serial %v, want %v", got, f.serial)
+	}
+	echo(t, c, "CAPA")
+}

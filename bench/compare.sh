@@ -11,7 +11,8 @@
 #   P  popgate serve in front of A's IMAP.
 # Then runs pop3load (cmd/pop3load) against the three POP3 servers, one after
 # the other, and prints a table:
-#   login sessions/s (connect USER PASS STAT QUIT) at $CONC concurrent clients;
+#   login sessions/s (connect USER PASS STAT QUIT) at $CONC concurrent clients,
+#   on the $MSGS-message maildrops and on $SMALL-message ones;
 #   MB/s retrieving every message at $CONC concurrent clients;
 #   popgate peak RSS (VmHWM) while one $BIG_MB MB message is retrieved (fresh process);
 #   popgate RSS per idle logged-in session with $IDLE sessions open (fresh
@@ -281,7 +282,7 @@ MAIN_POPGATE=$POPGATE_PID
 TARGETS=(popgate dovecot-imapc dovecot-pop3)
 declare -A ADDR=([popgate]=127.0.0.1:$POP3_P [dovecot-imapc]=127.0.0.1:$POP3_B [dovecot-pop3]=127.0.0.1:$POP3_A)
 
-load() { # load TARGET ARGS... -> pop3load's summary line
+load() { # load TARGET ARGS... -> pop3load's summary line (users load1..)
 	"$LOAD" -addr "${ADDR[$1]}" -pass "$PASS" -users 'load%d' -nusers "$CONC" -c "$CONC" -max 10m "${@:2}"
 }
 field() { sed -n "s|.* $1=\([^ ]*\).*|\1|p"; }
@@ -293,6 +294,7 @@ log "warming: one retrieval of every maildrop through each target"
 for t in "${TARGETS[@]}"; do
 	load "$t" -mode retr -n "$CONC" -verify >"$WORK/warm-$t.txt" || { cat "$WORK/warm-$t.txt" >&2; echo "compare.sh: warm-up of $t failed" >&2; exit 1; }
 	log "  $t: $(cat "$WORK/warm-$t.txt")"
+	load "$t" -mode login -n "$CONC" -users 'small%d' >/dev/null || { echo "compare.sh: warm-up of $t (small maildrops) failed" >&2; exit 1; }
 done
 
 if [ "$HOLD" = 1 ]; then
@@ -302,11 +304,15 @@ if [ "$HOLD" = 1 ]; then
 	while :; do sleep 1; done
 fi
 
-declare -A LOGIN RETR
+declare -A LOGIN LOGINS RETR
 for r in $(seq "$ROUNDS"); do
 	for t in "${TARGETS[@]}"; do
 		out=$(load "$t" -mode login -d "${LOGIN_SECS}s") || true; log "round $r login $out"
 		echo "$out" | field 'sessions/s' >>"$WORK/login-$t"
+	done
+	for t in "${TARGETS[@]}"; do
+		out=$(load "$t" -mode login -d "${LOGIN_SECS}s" -users 'small%d') || true; log "round $r login-small $out"
+		echo "$out" | field 'sessions/s' >>"$WORK/logins-$t"
 	done
 	for t in "${TARGETS[@]}"; do
 		out=$(load "$t" -mode retr -d "${RETR_SECS}s") || true; log "round $r retr  $out"
@@ -315,6 +321,7 @@ for r in $(seq "$ROUNDS"); do
 done
 for t in "${TARGETS[@]}"; do
 	LOGIN[$t]=$(median <"$WORK/login-$t")
+	LOGINS[$t]=$(median <"$WORK/logins-$t")
 	RETR[$t]=$(median <"$WORK/retr-$t")
 done
 POPGATE_PID=$MAIN_POPGATE stop_popgate
@@ -367,6 +374,7 @@ popgate comparison ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, loopback; $MSGS 
 | measure                          | popgate | Dovecot imapc | Dovecot POP3 | popgate/imapc (target) | popgate/POP3 (target) |
 |----------------------------------|---------|---------------|--------------|------------------------|-----------------------|
 | login sessions/s                 | ${LOGIN[popgate]} | ${LOGIN[dovecot-imapc]} | ${LOGIN[dovecot-pop3]} | $(ratio "${LOGIN[popgate]}" "${LOGIN[dovecot-imapc]}") (>= 1.5x) | $(ratio "${LOGIN[popgate]}" "${LOGIN[dovecot-pop3]}") |
+| login sessions/s, $SMALL-msg maildrops | ${LOGINS[popgate]} | ${LOGINS[dovecot-imapc]} | ${LOGINS[dovecot-pop3]} | $(ratio "${LOGINS[popgate]}" "${LOGINS[dovecot-imapc]}") | $(ratio "${LOGINS[popgate]}" "${LOGINS[dovecot-pop3]}") |
 | retrieval MB/s                   | ${RETR[popgate]} | ${RETR[dovecot-imapc]} | ${RETR[dovecot-pop3]} | $(ratio "${RETR[popgate]}" "${RETR[dovecot-imapc]}") (>= 1.5x) | $(ratio "${RETR[popgate]}" "${RETR[dovecot-pop3]}") (>= 0.8x) |
 
 | popgate memory                                   | measured | target |

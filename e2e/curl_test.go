@@ -118,3 +118,55 @@ func TestCurl(t *testing.T) {
 		}
 	}
 }
+
+// chunkEdges builds a message of about 2.5 MB whose octet 1 MiB begins a
+// line that starts with a dot, and whose CRLF at 2 MiB is split across
+// that boundary (CR the last octet before it): where a backend that
+// streams in 1 MiB parts hands the proxy a new piece.
+func chunkEdges() []byte {
+	var b bytes.Buffer
+	b.WriteString("From: edges@example.com\r\nTo: e2e@example.org\r\nSubject: chunk edges\r\n\r\n")
+	fill := func(upto int) { // lines of x up to exactly offset upto
+		for b.Len() < upto {
+			n := min(upto-b.Len(), 100)
+			if n < 3 {
+				n = upto - b.Len()
+				b.WriteString(strings.Repeat("y", n)) // joins the next line
+				return
+			}
+			b.WriteString(strings.Repeat("x", n-2))
+			b.WriteString("\r\n")
+		}
+	}
+	fill(1<<20 - 50)
+	fill(1 << 20)
+	b.WriteString(".dot line at 1 MiB\r\n..two dots\r\n")
+	fill(2<<20 - 200)
+	b.WriteString(strings.Repeat("z", 2<<20-1-b.Len()))
+	b.WriteString("\r\n.after the split CRLF\r\n")
+	fill(2<<20 + 500<<10)
+	return b.Bytes()
+}
+
+// curl retrieves a message larger than a streaming chunk byte for byte.
+func TestCurlLargeMessage(t *testing.T) {
+	require(t, "curl")
+	const user = "e2e-curl-large"
+	pass := newUser(t, user)
+	msg := chunkEdges()
+	if msg[1<<20-1] != '\n' || msg[1<<20] != '.' || msg[2<<20-1] != '\r' || msg[2<<20] != '\n' {
+		t.Fatal("chunkEdges: boundaries not where intended")
+	}
+	appendAll(t, user, [][]byte{msg})
+	g := startGateway(t, pass)
+	if got, want := string(curl(t, g.addr, user, pass, "")), fmt.Sprintf("1 %d\r\n", len(msg)); got != want {
+		t.Errorf("LIST = %q, want %q", got, want)
+	}
+	if got := curl(t, g.addr, user, pass, "1"); !bytes.Equal(got, msg) {
+		i := 0
+		for i < len(got) && i < len(msg) && got[i] == msg[i] {
+			i++
+		}
+		t.Errorf("RETR of a %d-octet message: got %d octets, first difference at %d", len(msg), len(got), i)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,11 +14,18 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/internal/testserver/dovecot"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 // scriptedServer answers a fixed POP3 dialogue on a loopback port: RETR 1
 // returns body, dot-stuffed on the wire.
 func scriptedServer(t *testing.T, body string) string {
+	return scriptedServerTLS(t, body, nil, false)
+}
+
+// scriptedServerTLS is scriptedServer with implicit TLS (implicit) or STLS
+// (RFC 2595) when conf is set.
+func scriptedServerTLS(t *testing.T, body string, conf *tls.Config, implicit bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,7 +39,10 @@ func scriptedServer(t *testing.T, body string) string {
 				return
 			}
 			go func(c net.Conn) {
-				defer c.Close()
+				defer func() { c.Close() }()
+				if implicit {
+					c = tls.Server(c, conf)
+				}
 				r := bufio.NewReader(c)
 				fmt.Fprintf(c, "+OK ready\r\n")
 				for {
@@ -40,6 +51,14 @@ func scriptedServer(t *testing.T, body string) string {
 						return
 					}
 					switch cmd := strings.Fields(line)[0]; cmd {
+					case "STLS":
+						if conf == nil || implicit {
+							fmt.Fprintf(c, "-ERR no\r\n")
+							continue
+						}
+						fmt.Fprintf(c, "+OK begin TLS\r\n")
+						c = tls.Server(c, conf)
+						r = bufio.NewReader(c)
 					case "USER", "PASS":
 						fmt.Fprintf(c, "+OK\r\n")
 					case "STAT":
@@ -199,5 +218,32 @@ func TestRetrUnstuffsRandom(t *testing.T) {
 			}
 		}
 		pc.Close()
+	}
+}
+
+// -tls implicit and -tls starttls reach the server over TLS.
+func TestTLSModes(t *testing.T) {
+	cert, err := tlsconf.SelfSigned("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cert.Close()
+	body := "Subject: tls\r\n\r\nover TLS\r\n"
+	for _, mode := range []string{"implicit", "starttls"} {
+		addr := scriptedServerTLS(t, body, cert.ServerConfig(), mode == "implicit")
+		cfg, err := parseFlags([]string{"-addr", addr, "-tls", mode, "-insecure", "-users", "u", "-pass", "p", "-mode", "retr", "-n", "3", "-c", "1", "-verify"}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := runLoad(cfg, make(chan os.Signal))
+		if res.errors != 0 || res.sessions != 3 || res.bytes != 3*int64(len(body)) {
+			t.Errorf("-tls %s: %s %v", mode, res, res.firstErrors)
+		}
+		// Without -insecure the self-signed certificate is refused.
+		cfg.tlsConf.InsecureSkipVerify = false
+		cfg.count = 1
+		if res := runLoad(cfg, make(chan os.Signal)); res.errors == 0 {
+			t.Errorf("-tls %s accepted a self-signed certificate without -insecure", mode)
+		}
 	}
 }

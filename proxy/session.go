@@ -75,8 +75,7 @@ type session struct {
 	user   string
 	mb     backends.Mailbox
 	unlock func()
-	msgs   []backends.Message
-	dele   []bool
+	snap   *snapshot // nil before login
 
 	// counters for the logout line
 	start     time.Time
@@ -221,7 +220,7 @@ func (ss *session) finish() {
 	}
 	ss.log.Info().
 		Str("end", ss.end).
-		Int("listed", len(ss.msgs)).
+		Int("listed", ss.listed()).
 		Int("retrieved", ss.retrieved).
 		Int("top", ss.topped).
 		Int("deleted", ss.deleted).
@@ -557,15 +556,15 @@ func (ss *session) login(c backends.Credentials) act {
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock = mb, unlock
 	msgs, err := mb.Snapshot(ctx)
+	var snap *snapshot
 	if err == nil {
-		err = checkSnapshot(msgs)
+		snap, err = newSnapshot(msgs) // the backend's slice is garbage from here on
 	}
 	if err != nil {
 		ss.closeMailbox()
 		return ss.backendFail("snapshot", err)
 	}
-	ss.msgs = msgs
-	ss.dele = make([]bool, len(msgs))
+	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
 	ss.log = ss.log.With().Str("user", c.Username).Logger()
@@ -573,30 +572,6 @@ func (ss *session) login(c backends.Credentials) act {
 	n, size := ss.stat()
 	ss.ok("maildrop has " + strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 	return actContinue
-}
-
-// checkSnapshot rejects a snapshot that would break clients (RFC 1939 §7:
-// UIDL 1–70 octets in 0x21–0x7E, unique; sizes not negative).
-func checkSnapshot(msgs []backends.Message) error {
-	seen := make(map[string]struct{}, len(msgs))
-	for i, m := range msgs {
-		if len(m.UIDL) < 1 || len(m.UIDL) > 70 {
-			return fmt.Errorf("snapshot: message %d: UIDL length %d", i+1, len(m.UIDL))
-		}
-		for j := 0; j < len(m.UIDL); j++ {
-			if c := m.UIDL[j]; c < 0x21 || c > 0x7e {
-				return fmt.Errorf("snapshot: message %d: invalid octet %#x in UIDL", i+1, c)
-			}
-		}
-		if _, dup := seen[m.UIDL]; dup {
-			return fmt.Errorf("snapshot: message %d: duplicate UIDL %q", i+1, m.UIDL)
-		}
-		seen[m.UIDL] = struct{}{}
-		if m.Size < 0 {
-			return fmt.Errorf("snapshot: message %d: negative size", i+1)
-		}
-	}
-	return nil
 }
 
 // authFailed waits AuthFailureDelay, answers -ERR [AUTH] (RFC 3206 §4) and
@@ -624,15 +599,14 @@ func (ss *session) authFailed(user, mech string, err error, text string) act {
 }
 
 // stat counts and sizes the messages not marked as deleted.
-func (ss *session) stat() (int, int64) {
-	n, size := 0, int64(0)
-	for i, m := range ss.msgs {
-		if !ss.dele[i] {
-			n++
-			size += m.Size
-		}
+func (ss *session) stat() (int, int64) { return ss.snap.stat() }
+
+// listed is the number of messages in the snapshot, 0 before login.
+func (ss *session) listed() int {
+	if ss.snap == nil {
+		return 0
 	}
-	return n, size
+	return ss.snap.len()
 }
 
 // parseNumber parses a message number or line count: decimal digits only.
@@ -658,10 +632,10 @@ func (ss *session) message(arg string) (int, string) {
 	if !ok {
 		return 0, "invalid message number"
 	}
-	if n < 1 || n > len(ss.msgs) {
-		return 0, "no such message, only " + strconv.Itoa(len(ss.msgs)) + " messages in maildrop"
+	if n < 1 || n > ss.snap.len() {
+		return 0, "no such message, only " + strconv.Itoa(ss.snap.len()) + " messages in maildrop"
 	}
-	if ss.dele[n-1] {
+	if ss.snap.deleted(n - 1) {
 		return 0, "message " + strconv.Itoa(n) + " already deleted"
 	}
 	return n - 1, ""
@@ -683,11 +657,14 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	if uidl {
 		name = "UIDL"
 	}
-	value := func(i int) string {
+	// value writes the second field of a listing line.
+	var num [20]byte
+	value := func(i int) {
 		if uidl {
-			return ss.msgs[i].UIDL
+			ss.w.WriteString(ss.snap.uidl(i))
+		} else {
+			ss.w.Write(strconv.AppendInt(num[:0], ss.snap.size(i), 10))
 		}
-		return strconv.FormatInt(ss.msgs[i].Size, 10)
 	}
 	args := fields(rest)
 	switch len(args) {
@@ -698,11 +675,14 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 		} else {
 			ss.ok(strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 		}
-		for i := range ss.msgs {
-			if ss.dele[i] {
+		for i := 0; i < ss.snap.len(); i++ {
+			if ss.snap.deleted(i) {
 				continue
 			}
-			ss.w.WriteString(strconv.Itoa(i+1) + " " + value(i) + "\r\n")
+			ss.w.Write(strconv.AppendInt(num[:0], int64(i+1), 10))
+			ss.w.WriteByte(' ')
+			value(i)
+			ss.w.WriteString("\r\n")
 		}
 		ss.w.WriteString(".\r\n")
 		return actContinue
@@ -711,7 +691,12 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 		if msg != "" {
 			return ss.fail(backends.CodeNone, msg)
 		}
-		ss.ok(strconv.Itoa(i+1) + " " + value(i))
+		ss.errs = 0
+		ss.w.WriteString("+OK ")
+		ss.w.Write(strconv.AppendInt(num[:0], int64(i+1), 10))
+		ss.w.WriteByte(' ')
+		value(i)
+		ss.w.WriteString("\r\n")
 		return actContinue
 	}
 	return ss.fail(backends.CodeNone, name+" takes at most one argument")
@@ -742,7 +727,7 @@ func (ss *session) cmdRETR(rest []byte, top bool) act {
 	if msg != "" {
 		return ss.fail(backends.CodeNone, msg)
 	}
-	m := ss.msgs[i]
+	m := ss.snap.msg(i)
 
 	// Open is bounded by CommandTimeout; the stream lives on until Close
 	// (an HTTP body, for one, dies with its context).
@@ -818,7 +803,7 @@ func (ss *session) cmdDELE(rest []byte) act {
 	if msg != "" {
 		return ss.fail(backends.CodeNone, msg)
 	}
-	ss.dele[i] = true
+	ss.snap.markDeleted(i)
 	ss.ok("message " + strconv.Itoa(i+1) + " deleted")
 	return actContinue
 }
@@ -828,7 +813,7 @@ func (ss *session) cmdRSET(rest []byte) act {
 	if len(fields(rest)) != 0 {
 		return ss.fail(backends.CodeNone, "RSET takes no argument")
 	}
-	clear(ss.dele)
+	ss.snap.resetDeleted()
 	n, size := ss.stat()
 	ss.ok("maildrop has " + strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 	return actContinue
@@ -856,9 +841,9 @@ func (ss *session) cmdQUIT(rest []byte) act {
 		return actClose
 	}
 	var del []backends.Message
-	for i, d := range ss.dele {
-		if d {
-			del = append(del, ss.msgs[i])
+	for i := 0; i < ss.snap.len(); i++ {
+		if ss.snap.deleted(i) {
+			del = append(del, ss.snap.msg(i))
 		}
 	}
 	if len(del) > 0 {

@@ -97,9 +97,40 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 	ss.dw = &deadlineWriter{c: nc, timeout: o.WriteTimeout}
 	ss.lr.r = readerPool.Get().(*bufio.Reader)
 	ss.lr.r.Reset(nc)
-	ss.w = writerPool.Get().(*bufio.Writer)
-	ss.w.Reset(ss.dw)
+	ss.acquireWriter()
 	return ss
+}
+
+// acquireWriter takes a write buffer from the pool for the next answers.
+func (ss *session) acquireWriter() {
+	if ss.w == nil {
+		ss.w = writerPool.Get().(*bufio.Writer)
+		ss.w.Reset(ss.dw)
+	}
+}
+
+// waitIdle waits for the next command without holding a read buffer when
+// none is pending in it (plaintext connections on Linux).
+func (ss *session) waitIdle() error {
+	if ss.tls || ss.lr.r.Buffered() > 0 {
+		return nil
+	}
+	ss.lr.r.Reset(nil)
+	readerPool.Put(ss.lr.r)
+	_, err := waitReadable(ss.nc)
+	ss.lr.r = readerPool.Get().(*bufio.Reader)
+	ss.lr.r.Reset(ss.nc)
+	return err
+}
+
+// releaseWriter gives the (flushed) write buffer back to the pool while the
+// session waits for the client, so that an idle session does not hold one.
+func (ss *session) releaseWriter() {
+	if ss.w != nil && ss.w.Buffered() == 0 {
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+		ss.w = nil
+	}
 }
 
 // Connection buffers are recycled: a session's goroutine is their only user.
@@ -150,6 +181,7 @@ func (ss *session) serve() {
 		ss.end = ss.endFor(err)
 		return
 	}
+	ss.releaseWriter()
 	for {
 		timeout := ss.o.LoginTimeout
 		if ss.state == stateTransaction {
@@ -159,7 +191,12 @@ func (ss *session) serve() {
 			ss.end = ss.endFor(err)
 			return
 		}
+		if err := ss.waitIdle(); err != nil {
+			ss.end = ss.endFor(err)
+			return
+		}
 		line, err := ss.lr.readLine(maxCommandLine, isAuthLine)
+		ss.acquireWriter()
 		var a act
 		switch {
 		case errors.Is(err, errLineTooLong):
@@ -188,6 +225,7 @@ func (ss *session) serve() {
 				ss.end = ss.endFor(err)
 				return
 			}
+			ss.releaseWriter()
 		}
 	}
 }
@@ -200,7 +238,7 @@ func (ss *session) finish() {
 		ss.log.Error().Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("session panicked")
 		ss.end = endError
 	}
-	if ss.end != endShutdown && ss.killedReason() == "" && ss.dw.err == nil {
+	if ss.w != nil && ss.end != endShutdown && ss.killedReason() == "" && ss.dw.err == nil {
 		_ = ss.w.Flush()
 	}
 	ss.nc.Close()
@@ -209,8 +247,10 @@ func (ss *session) finish() {
 	ss.cancel()
 	ss.lr.r.Reset(nil)
 	readerPool.Put(ss.lr.r)
-	ss.w.Reset(nil)
-	writerPool.Put(ss.w)
+	if ss.w != nil {
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+	}
 	ss.lr.r, ss.w = nil, nil
 	if k := ss.killedReason(); k != "" && ss.end != endQuit && ss.end != endCommitFailed {
 		ss.end = k

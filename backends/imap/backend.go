@@ -39,7 +39,8 @@ type Backend struct {
 	markSeen bool
 	keyword  imap.Flag
 	chunk    int
-	pools    []bufPool // ascending sizes; the last is chunk octets
+	pools    []bufPool  // ascending sizes; the last is chunk octets
+	cache    *snapCache // nil when disabled
 
 	warnNoUIDPlus sync.Once
 }
@@ -71,6 +72,9 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = DefaultChunkSize
 	}
+	if cfg.SnapshotCache == 0 {
+		cfg.SnapshotCache = DefaultSnapshotCache
+	}
 	t, err := parseUIDLTemplate(cfg.UIDLTemplate)
 	if err != nil {
 		return nil, fmt.Errorf("uidl_template: %w", err)
@@ -82,6 +86,7 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 		markSeen: cfg.MarkSeen == nil || *cfg.MarkSeen,
 		keyword:  imap.Flag(cfg.Delete.Keyword),
 		chunk:    cfg.ChunkSize,
+		cache:    newSnapCache(cfg.SnapshotCache),
 	}
 	for size := 16 << 10; size < b.chunk; size *= 4 {
 		b.pools = append(b.pools, newBufPool(size))

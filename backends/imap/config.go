@@ -24,6 +24,9 @@ const (
 	// DefaultChunkSize is how many octets of a message one UID FETCH
 	// BODY.PEEK[]<offset.size> reads.
 	DefaultChunkSize = 1 << 20
+	// DefaultSnapshotCache is how many maildrops' listings the snapshot
+	// cache keeps (about 8 octets per message each).
+	DefaultSnapshotCache = 10000
 )
 
 // Delete policies.
@@ -59,6 +62,13 @@ type Config struct {
 	// at once into a buffer, so a slow POP3 client never holds an upstream
 	// literal open; memory per RETR is one chunk.
 	ChunkSize int
+	// SnapshotCache is how many maildrops' listings (UID and size of each
+	// message, 8 octets per message) the backend keeps, least recently
+	// used evicted, to skip the UID FETCH at login when the mailbox has not
+	// changed. It needs CONDSTORE (RFC 7162) upstream: an entry is used only
+	// when UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are all the same as
+	// when it was stored. 0 means DefaultSnapshotCache; negative disables.
+	SnapshotCache int
 }
 
 // DeleteConfig is what QUIT does to the messages the client deleted.
@@ -249,31 +259,51 @@ func parseUIDLTemplate(s string) (uidlTemplate, error) {
 // format builds a UIDL. With the default template it gives Dovecot's
 // pop3_uidl_format result byte for byte.
 func (t uidlTemplate) format(uid, uidValidity uint32) string {
-	var b strings.Builder
+	return string(t.appendFormat(make([]byte, 0, t.maxLen()), uid, uidValidity))
+}
+
+// maxLen is the longest UIDL t can give.
+func (t uidlTemplate) maxLen() int {
+	n := 0
 	for _, p := range t {
 		if p.v == 0 {
-			b.WriteString(p.lit)
+			n += len(p.lit)
+		} else {
+			n += max(p.width, 10) // 10 decimal digits hold any uint32
+		}
+	}
+	return n
+}
+
+// appendFormat appends the UIDL of uid to dst.
+func (t uidlTemplate) appendFormat(dst []byte, uid, uidValidity uint32) []byte {
+	var digits [20]byte
+	for _, p := range t {
+		if p.v == 0 {
+			dst = append(dst, p.lit...)
 			continue
 		}
 		n := uid
 		if p.v == 'v' {
 			n = uidValidity
 		}
-		var s string
+		base := 10
 		if p.hex {
-			s = strconv.FormatUint(uint64(n), 16)
-		} else {
-			s = strconv.FormatUint(uint64(n), 10)
+			base = 16
 		}
+		d := strconv.AppendUint(digits[:0], uint64(n), base)
 		if p.upper {
-			s = strings.ToUpper(s)
-		} else if p.lower {
-			s = strings.ToLower(s)
+			for i, c := range d {
+				if 'a' <= c && c <= 'z' {
+					d[i] = c - ('a' - 'A')
+				}
+			}
 		}
-		if pad := p.width - len(s); pad > 0 {
-			s = strings.Repeat("0", pad) + s
+		// p.lower: strconv writes lowercase hex digits already.
+		for pad := p.width - len(d); pad > 0; pad-- {
+			dst = append(dst, '0')
 		}
-		b.WriteString(s)
+		dst = append(dst, d...)
 	}
-	return b.String()
+	return dst
 }

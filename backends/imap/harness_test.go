@@ -184,6 +184,9 @@ type maildrop struct {
 	user, pass string
 	uids       []imap.UID
 	tweak      func(*Config)
+	// backends are reused per policy, so that later logins of a case meet
+	// the snapshot cache the earlier ones filled.
+	backends map[backendtest.Policy]*Backend
 }
 
 func (md *maildrop) Credentials() backends.Credentials {
@@ -205,10 +208,17 @@ func (md *maildrop) config(p backendtest.Policy) Config {
 }
 
 func (md *maildrop) Backend(t *testing.T, p backendtest.Policy) backends.Backend {
+	if b := md.backends[p]; b != nil {
+		return b
+	}
 	b, err := New(md.config(p), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if md.backends == nil {
+		md.backends = map[backendtest.Policy]*Backend{}
+	}
+	md.backends[p] = b
 	return b
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"sort"
 	"strconv"
 	"time"
 
@@ -114,55 +116,106 @@ func (m *Mailbox) flushPending() error {
 // RFC822.SIZE FLAGS), leaving out messages flagged \Deleted (and, with
 // policy flag, those with the keyword). Sizes are RFC822.SIZE: the octets of
 // the message with CRLF line endings, which is what Open delivers.
+//
+// With the snapshot cache on and CONDSTORE offered, SELECT asks for
+// HIGHESTMODSEQ (RFC 7162 §3.1.8) and the UID FETCH is skipped when the
+// cached listing is proved current (see snapCache).
 func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
-	var out []backends.Message
+	var e *snapEntry
 	err := m.guard(ctx, "snapshot", func() error {
+		var opts *imap.SelectOptions
+		condStore := m.b.cache != nil && m.caps.Has(imap.CapCondStore)
+		if condStore {
+			opts = &imap.SelectOptions{CondStore: true}
+		}
 		// SELECT, not EXAMINE: \Seen and the deletions are stored later.
-		sel, err := m.c.Select(m.b.cfg.Mailbox, nil).Wait()
+		sel, err := m.c.Select(m.b.cfg.Mailbox, opts).Wait()
 		if err != nil {
 			return err
 		}
 		m.uidValidity = sel.UIDValidity
-		if sel.NumMessages == 0 {
+		key := m.user
+		if !condStore || !cacheable(sel) {
+			m.b.cache.remove(key)
+			condStore = false
+		} else if e = m.b.cache.get(key, sel); e != nil {
+			m.log.Debug().Int("messages", len(e.uids)).Msg("snapshot from cache")
 			return nil
 		}
-		// RFC 3501 §6.4.8: one UID FETCH for the whole mailbox.
-		cmd := m.c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
-			UID: true, RFC822Size: true, Flags: true,
-		})
-		defer cmd.Close()
-		seen := map[imap.UID]bool{}
-		for {
-			msg := cmd.Next()
-			if msg == nil {
-				break
-			}
-			buf, err := msg.Collect()
-			if err != nil {
+		e = &snapEntry{
+			uidValidity: sel.UIDValidity, uidNext: uint32(sel.UIDNext),
+			exists: sel.NumMessages, modSeq: sel.HighestModSeq,
+		}
+		if sel.NumMessages > 0 {
+			if err := m.list(e); err != nil {
 				return err
 			}
-			if buf.UID == 0 || seen[buf.UID] {
-				continue
-			}
-			seen[buf.UID] = true
-			if m.skip(buf.Flags) {
-				continue
-			}
-			out = append(out, backends.Message{
-				UIDL: m.b.uidl.format(uint32(buf.UID), m.uidValidity),
-				Size: buf.RFC822Size,
-				Ref:  strconv.FormatUint(uint64(buf.UID), 10),
-			})
 		}
-		return cmd.Close()
+		if condStore {
+			m.b.cache.put(key, e)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	// The server sends FETCH responses in sequence order, which is UID
-	// order; keep the POP3 numbering in UID order whatever it sent.
-	sortByUID(out)
-	return out, nil
+	return e.messages(m.b.uidl), nil
+}
+
+// list fills e.uids and e.sizes with one UID FETCH 1:* (RFC 3501 §6.4.8),
+// in UID order whatever order the server answered in.
+func (m *Mailbox) list(e *snapEntry) error {
+	cmd := m.c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
+		UID: true, RFC822Size: true, Flags: true,
+	})
+	defer cmd.Close()
+	e.uids = make([]uint32, 0, e.exists)
+	e.sizes = make([]uint32, 0, e.exists)
+	sorted := true
+	for {
+		msg := cmd.Next()
+		if msg == nil {
+			break
+		}
+		var uid imap.UID
+		size := int64(-1)
+		skip := false
+		for {
+			item := msg.Next()
+			if item == nil {
+				break
+			}
+			switch it := item.(type) {
+			case imapclient.FetchItemDataUID:
+				uid = it.UID
+			case imapclient.FetchItemDataRFC822Size:
+				size = it.Size
+			case imapclient.FetchItemDataFlags:
+				skip = m.skip(it.Flags)
+			}
+		}
+		if uid == 0 || skip {
+			continue
+		}
+		if size < 0 || size > math.MaxUint32 {
+			return fmt.Errorf("UID %d: no or bad RFC822.SIZE", uid)
+		}
+		if n := len(e.uids); n > 0 && e.uids[n-1] >= uint32(uid) {
+			sorted = false
+		}
+		e.uids = append(e.uids, uint32(uid))
+		e.sizes = append(e.sizes, uint32(size))
+	}
+	if err := cmd.Close(); err != nil {
+		return err
+	}
+	if !sorted {
+		// The server sends FETCH responses in sequence order, which is UID
+		// order; keep the POP3 numbering in UID order whatever it sent, and
+		// each UID once.
+		sortUnique(e)
+	}
+	return nil
 }
 
 func (m *Mailbox) skip(flags []imap.Flag) bool {
@@ -196,13 +249,22 @@ func equalFoldFlag(a, b imap.Flag) bool {
 	return true
 }
 
-func sortByUID(msgs []backends.Message) {
-	uid := func(m backends.Message) uint64 { n, _ := strconv.ParseUint(m.Ref, 10, 32); return n }
-	for i := 1; i < len(msgs); i++ { // nearly always sorted already
-		for j := i; j > 0 && uid(msgs[j-1]) > uid(msgs[j]); j-- {
-			msgs[j-1], msgs[j] = msgs[j], msgs[j-1]
-		}
+func sortUnique(e *snapEntry) {
+	idx := make([]int, len(e.uids))
+	for i := range idx {
+		idx[i] = i
 	}
+	sort.SliceStable(idx, func(i, j int) bool { return e.uids[idx[i]] < e.uids[idx[j]] })
+	uids := make([]uint32, 0, len(idx))
+	sizes := make([]uint32, 0, len(idx))
+	for _, i := range idx {
+		if n := len(uids); n > 0 && uids[n-1] == e.uids[i] {
+			continue
+		}
+		uids = append(uids, e.uids[i])
+		sizes = append(sizes, e.sizes[i])
+	}
+	e.uids, e.sizes = uids, sizes
 }
 
 func parseRef(ref string) (imap.UID, error) {

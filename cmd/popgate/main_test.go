@@ -107,7 +107,7 @@ func TestCheckConfig(t *testing.T) {
 		name, config, want string
 	}{
 		{"unknown key", strings.Replace(good, "    tls: none\n", "    tls: none\n    mailboxx: INBOX\n", 1),
-			`line 12: backends.main: unknown key "mailboxx" (known keys: type, address, tls, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mailbox, uidl_template, mark_seen, delete)`},
+			`line 12: backends.main: unknown key "mailboxx" (known keys: type, address, tls, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mailbox, uidl_template, mark_seen, snapshot_cache, delete)`},
 		{"bad address", strings.Replace(good, "127.0.0.1:1110", "127.0.0.1", 1),
 			`line 2: listeners[0].address: "127.0.0.1" is not host:port (missing port in address)`},
 		{"unknown backend", strings.Replace(good, "backend: main", "backend: mian", 1),

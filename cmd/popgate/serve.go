@@ -126,6 +126,13 @@ func tlsConfig(t *config.TLS) tlsconf.Config {
 
 // imapConfig converts one backend section.
 func imapConfig(name string, b *config.Backend) imap.Config {
+	cache := 0 // imap's default
+	if b.SnapshotCache != nil {
+		cache = *b.SnapshotCache
+		if cache == 0 {
+			cache = -1 // snapshot_cache: 0 disables it
+		}
+	}
 	return imap.Config{
 		Name:    name,
 		Address: b.Address,
@@ -138,6 +145,7 @@ func imapConfig(name string, b *config.Backend) imap.Config {
 		Mailbox:        b.Mailbox,
 		UIDLTemplate:   b.UIDLTemplate,
 		MarkSeen:       b.MarkSeen,
+		SnapshotCache:  cache,
 		Delete: imap.DeleteConfig{
 			Policy: b.Delete.Policy, Folder: b.Delete.Folder, Keyword: b.Delete.Keyword, AllowPlainExpunge: b.Delete.AllowPlainExpunge,
 		},

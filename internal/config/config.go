@@ -110,8 +110,12 @@ type Backend struct {
 	// UIDLTemplate forms UIDLs; empty is Dovecot's default %08Xu%08Xv.
 	UIDLTemplate string `yaml:"uidl_template"`
 	// MarkSeen sets \Seen upstream on RETR (default true).
-	MarkSeen *bool  `yaml:"mark_seen"`
-	Delete   Delete `yaml:"delete"`
+	MarkSeen *bool `yaml:"mark_seen"`
+	// SnapshotCache is how many maildrops' message lists (8 octets per
+	// message) are kept to skip the listing at login when the mailbox is
+	// unchanged (needs CONDSTORE upstream); default 10000, 0 disables.
+	SnapshotCache *int   `yaml:"snapshot_cache"`
+	Delete        Delete `yaml:"delete"`
 }
 
 // Delete is what QUIT does upstream with the messages the client deleted.
@@ -230,6 +234,7 @@ const (
 	DefaultDialTimeout    = 10 * time.Second
 	DefaultCommandTimeout = 30 * time.Second
 	DefaultMailbox        = "INBOX"
+	DefaultSnapshotCache  = 10000
 )
 
 // applyDefaults fills what the file left out inside lists and maps (the
@@ -251,6 +256,10 @@ func (c *Config) applyDefaults() {
 		if b.MarkSeen == nil {
 			t := true
 			b.MarkSeen = &t
+		}
+		if b.SnapshotCache == nil {
+			n := DefaultSnapshotCache
+			b.SnapshotCache = &n
 		}
 		if b.Delete.Policy == "" {
 			b.Delete.Policy = PolicyExpunge

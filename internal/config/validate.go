@@ -242,6 +242,9 @@ func (k *checker) backends() {
 		if b.Mailbox == "" {
 			k.add(p+".mailbox", "must not be empty")
 		}
+		if b.SnapshotCache != nil && *b.SnapshotCache < 0 {
+			k.add(p+".snapshot_cache", "must not be negative (0 disables the cache)")
+		}
 		if strings.ContainsAny(b.UIDLTemplate, " \t\r\n") {
 			k.add(p+".uidl_template", "must not contain spaces (UIDLs are 0x21–0x7E only, RFC 1939 §7)")
 		}

@@ -1,0 +1,115 @@
+package imap
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/emersion/go-imap/v2"
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/popgate/popgate/backends"
+)
+
+// snapCache remembers the last full listing of each maildrop, so that a
+// login finding the mailbox unchanged skips the UID FETCH 1:* (the costly
+// part of a login on a large maildrop). It is bounded by a number of
+// maildrops (least recently used evicted) and safe for concurrent use.
+//
+// An entry is only trusted when the server supports CONDSTORE (RFC 7162)
+// and the SELECT answer repeats the entry's UIDVALIDITY, UIDNEXT, EXISTS
+// and HIGHESTMODSEQ exactly:
+//   - UIDVALIDITY equal: the UIDs still name the same messages (RFC 3501 §2.3.1.1);
+//   - UIDNEXT equal: nothing was appended (RFC 3501 §2.3.1.1);
+//   - EXISTS equal with no append: nothing was expunged;
+//   - HIGHESTMODSEQ equal: no flag changed (RFC 7162 §3.1.2.1, every flag
+//     change gives the message a higher mod-sequence; an expunge too);
+//
+// and sizes never change (RFC 3501 §2.3.4: RFC822.SIZE is immutable), so
+// the listing (UIDs of the messages not hidden by \Deleted or the delete
+// keyword, and their sizes) is the one a fresh UID FETCH would give.
+type snapCache struct {
+	c    *lru.Cache[string, *snapEntry]
+	hits atomic.Int64 // logins served from the cache
+}
+
+// snapEntry is one maildrop's listing, compact: 8 octets per message.
+// Entries are never modified once stored (a refresh replaces them).
+type snapEntry struct {
+	uidValidity uint32
+	uidNext     uint32
+	exists      uint32
+	modSeq      uint64
+	uids        []uint32 // ascending: the POP3 numbering
+	sizes       []uint32 // RFC822.SIZE is a 32-bit number (RFC 3501 §9)
+}
+
+func newSnapCache(n int) *snapCache {
+	if n <= 0 {
+		return nil
+	}
+	c, err := lru.New[string, *snapEntry](n)
+	if err != nil { // only for n <= 0
+		return nil
+	}
+	return &snapCache{c: c}
+}
+
+// get returns the entry for key when sel proves it current.
+func (sc *snapCache) get(key string, sel *imap.SelectData) *snapEntry {
+	if sc == nil || !cacheable(sel) {
+		return nil
+	}
+	e, ok := sc.c.Get(key)
+	if !ok || e.uidValidity != sel.UIDValidity || e.uidNext != uint32(sel.UIDNext) ||
+		e.exists != sel.NumMessages || e.modSeq != sel.HighestModSeq {
+		return nil
+	}
+	sc.hits.Add(1)
+	return e
+}
+
+func (sc *snapCache) put(key string, e *snapEntry) {
+	if sc != nil {
+		sc.c.Add(key, e)
+	}
+}
+
+func (sc *snapCache) remove(key string) {
+	if sc != nil {
+		sc.c.Remove(key)
+	}
+}
+
+// cacheable: the SELECT answer carries everything an entry is checked
+// against. A HIGHESTMODSEQ of 0 means the server sent none, or NOMODSEQ
+// (RFC 7162 §3.1.2.2: the mailbox keeps no mod-sequences).
+func cacheable(sel *imap.SelectData) bool {
+	return sel.UIDValidity != 0 && sel.UIDNext != 0 && sel.HighestModSeq != 0
+}
+
+// messages builds the snapshot of e: UIDLs from the template and the
+// UIDVALIDITY, Refs the decimal UIDs. All the strings share one backing
+// allocation.
+func (e *snapEntry) messages(t uidlTemplate) []backends.Message {
+	n := len(e.uids)
+	if n == 0 {
+		return nil
+	}
+	out := make([]backends.Message, n)
+	buf := make([]byte, 0, n*(t.maxLen()+10))
+	ends := make([]int32, 0, 2*n)
+	for _, uid := range e.uids {
+		buf = t.appendFormat(buf, uid, e.uidValidity)
+		ends = append(ends, int32(len(buf)))
+		buf = strconv.AppendUint(buf, uint64(uid), 10)
+		ends = append(ends, int32(len(buf)))
+	}
+	s := string(buf)
+	start := int32(0)
+	for i := range out {
+		u, r := ends[2*i], ends[2*i+1]
+		out[i] = backends.Message{UIDL: s[start:u], Ref: s[u:r], Size: int64(e.sizes[i])}
+		start = r
+	}
+	return out
+}

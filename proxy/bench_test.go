@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -185,6 +186,82 @@ func BenchmarkLongLine(b *testing.B) {
 					b.Fatal(l, err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkIdleSessions measures what one idle logged-in session keeps in
+// memory: it opens idleSessions sessions on maildrops of idleMessages
+// messages (each its own user), waits until all are in TRANSACTION and
+// idle, and reports the growth of HeapInuse and StackInuse per session
+// after runtime.GC(). The client ends of the connections live in the same
+// process and are counted too (a few hundred octets each). Run it once:
+//
+//	go test -run XXX -bench IdleSessions -benchtime 1x ./proxy/
+func BenchmarkIdleSessions(b *testing.B) {
+	for _, msgs := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("messages=%d", msgs), func(b *testing.B) {
+			const sessions = 200
+			be := memory.New()
+			body := []byte("Subject: x\r\n\r\nbody\r\n")
+			for i := 0; i < sessions; i++ {
+				u := fmt.Sprintf("u%d", i)
+				be.AddUser(u, "pw")
+				for j := 0; j < msgs; j++ {
+					be.Append(u, body)
+				}
+			}
+			addr := benchServer(b, be)
+			var conns []net.Conn
+			b.Cleanup(func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			})
+			// Warm the pools and the server with one session that ends.
+			readOK := func(c net.Conn, n int) {
+				var buf [512]byte
+				got := 0
+				for got < n {
+					k, err := c.Read(buf[:])
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += bytes.Count(buf[:k], []byte("\r\n"))
+				}
+			}
+			login := func(i int) net.Conn {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				readOK(c, 1)
+				io.WriteString(c, fmt.Sprintf("USER u%d\r\nPASS pw\r\nNOOP\r\n", i))
+				readOK(c, 3)
+				return c
+			}
+			c := login(0)
+			io.WriteString(c, "QUIT\r\n")
+			readOK(c, 1)
+			c.Close()
+			var before, after runtime.MemStats
+			time.Sleep(100 * time.Millisecond)
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			for i := 0; i < sessions; i++ {
+				conns = append(conns, login(i))
+			}
+			b.StopTimer()
+			time.Sleep(100 * time.Millisecond)
+			runtime.GC()
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / sessions
+			stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / sessions
+			b.ReportMetric(heap, "heap-B/session")
+			b.ReportMetric(stack, "stack-B/session")
+			b.ReportMetric(heap+stack, "B/session")
 		})
 	}
 }

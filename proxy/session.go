@@ -75,8 +75,7 @@ type session struct {
 	user   string
 	mb     backends.Mailbox
 	unlock func()
-	msgs   []backends.Message
-	dele   []bool
+	snap   *snapshot // nil before login
 
 	// counters for the logout line
 	start     time.Time
@@ -98,9 +97,40 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 	ss.dw = &deadlineWriter{c: nc, timeout: o.WriteTimeout}
 	ss.lr.r = readerPool.Get().(*bufio.Reader)
 	ss.lr.r.Reset(nc)
-	ss.w = writerPool.Get().(*bufio.Writer)
-	ss.w.Reset(ss.dw)
+	ss.acquireWriter()
 	return ss
+}
+
+// acquireWriter takes a write buffer from the pool for the next answers.
+func (ss *session) acquireWriter() {
+	if ss.w == nil {
+		ss.w = writerPool.Get().(*bufio.Writer)
+		ss.w.Reset(ss.dw)
+	}
+}
+
+// waitIdle waits for the next command without holding a read buffer when
+// none is pending in it (plaintext connections on Linux).
+func (ss *session) waitIdle() error {
+	if ss.tls || ss.lr.r.Buffered() > 0 {
+		return nil
+	}
+	ss.lr.r.Reset(nil)
+	readerPool.Put(ss.lr.r)
+	_, err := waitReadable(ss.nc)
+	ss.lr.r = readerPool.Get().(*bufio.Reader)
+	ss.lr.r.Reset(ss.nc)
+	return err
+}
+
+// releaseWriter gives the (flushed) write buffer back to the pool while the
+// session waits for the client, so that an idle session does not hold one.
+func (ss *session) releaseWriter() {
+	if ss.w != nil && ss.w.Buffered() == 0 {
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+		ss.w = nil
+	}
 }
 
 // Connection buffers are recycled: a session's goroutine is their only user.
@@ -151,6 +181,7 @@ func (ss *session) serve() {
 		ss.end = ss.endFor(err)
 		return
 	}
+	ss.releaseWriter()
 	for {
 		timeout := ss.o.LoginTimeout
 		if ss.state == stateTransaction {
@@ -160,7 +191,12 @@ func (ss *session) serve() {
 			ss.end = ss.endFor(err)
 			return
 		}
+		if err := ss.waitIdle(); err != nil {
+			ss.end = ss.endFor(err)
+			return
+		}
 		line, err := ss.lr.readLine(maxCommandLine, isAuthLine)
+		ss.acquireWriter()
 		var a act
 		switch {
 		case errors.Is(err, errLineTooLong):
@@ -189,6 +225,7 @@ func (ss *session) serve() {
 				ss.end = ss.endFor(err)
 				return
 			}
+			ss.releaseWriter()
 		}
 	}
 }
@@ -201,7 +238,7 @@ func (ss *session) finish() {
 		ss.log.Error().Str("panic", fmt.Sprint(r)).Bytes("stack", debug.Stack()).Msg("session panicked")
 		ss.end = endError
 	}
-	if ss.end != endShutdown && ss.killedReason() == "" && ss.dw.err == nil {
+	if ss.w != nil && ss.end != endShutdown && ss.killedReason() == "" && ss.dw.err == nil {
 		_ = ss.w.Flush()
 	}
 	ss.nc.Close()
@@ -210,8 +247,10 @@ func (ss *session) finish() {
 	ss.cancel()
 	ss.lr.r.Reset(nil)
 	readerPool.Put(ss.lr.r)
-	ss.w.Reset(nil)
-	writerPool.Put(ss.w)
+	if ss.w != nil {
+		ss.w.Reset(nil)
+		writerPool.Put(ss.w)
+	}
 	ss.lr.r, ss.w = nil, nil
 	if k := ss.killedReason(); k != "" && ss.end != endQuit && ss.end != endCommitFailed {
 		ss.end = k
@@ -221,7 +260,7 @@ func (ss *session) finish() {
 	}
 	ss.log.Info().
 		Str("end", ss.end).
-		Int("listed", len(ss.msgs)).
+		Int("listed", ss.listed()).
 		Int("retrieved", ss.retrieved).
 		Int("top", ss.topped).
 		Int("deleted", ss.deleted).
@@ -557,15 +596,15 @@ func (ss *session) login(c backends.Credentials) act {
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock = mb, unlock
 	msgs, err := mb.Snapshot(ctx)
+	var snap *snapshot
 	if err == nil {
-		err = checkSnapshot(msgs)
+		snap, err = newSnapshot(msgs) // the backend's slice is garbage from here on
 	}
 	if err != nil {
 		ss.closeMailbox()
 		return ss.backendFail("snapshot", err)
 	}
-	ss.msgs = msgs
-	ss.dele = make([]bool, len(msgs))
+	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
 	ss.log = ss.log.With().Str("user", c.Username).Logger()
@@ -573,30 +612,6 @@ func (ss *session) login(c backends.Credentials) act {
 	n, size := ss.stat()
 	ss.ok("maildrop has " + strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 	return actContinue
-}
-
-// checkSnapshot rejects a snapshot that would break clients (RFC 1939 §7:
-// UIDL 1–70 octets in 0x21–0x7E, unique; sizes not negative).
-func checkSnapshot(msgs []backends.Message) error {
-	seen := make(map[string]struct{}, len(msgs))
-	for i, m := range msgs {
-		if len(m.UIDL) < 1 || len(m.UIDL) > 70 {
-			return fmt.Errorf("snapshot: message %d: UIDL length %d", i+1, len(m.UIDL))
-		}
-		for j := 0; j < len(m.UIDL); j++ {
-			if c := m.UIDL[j]; c < 0x21 || c > 0x7e {
-				return fmt.Errorf("snapshot: message %d: invalid octet %#x in UIDL", i+1, c)
-			}
-		}
-		if _, dup := seen[m.UIDL]; dup {
-			return fmt.Errorf("snapshot: message %d: duplicate UIDL %q", i+1, m.UIDL)
-		}
-		seen[m.UIDL] = struct{}{}
-		if m.Size < 0 {
-			return fmt.Errorf("snapshot: message %d: negative size", i+1)
-		}
-	}
-	return nil
 }
 
 // authFailed waits AuthFailureDelay, answers -ERR [AUTH] (RFC 3206 §4) and
@@ -624,15 +639,14 @@ func (ss *session) authFailed(user, mech string, err error, text string) act {
 }
 
 // stat counts and sizes the messages not marked as deleted.
-func (ss *session) stat() (int, int64) {
-	n, size := 0, int64(0)
-	for i, m := range ss.msgs {
-		if !ss.dele[i] {
-			n++
-			size += m.Size
-		}
+func (ss *session) stat() (int, int64) { return ss.snap.stat() }
+
+// listed is the number of messages in the snapshot, 0 before login.
+func (ss *session) listed() int {
+	if ss.snap == nil {
+		return 0
 	}
-	return n, size
+	return ss.snap.len()
 }
 
 // parseNumber parses a message number or line count: decimal digits only.
@@ -658,10 +672,10 @@ func (ss *session) message(arg string) (int, string) {
 	if !ok {
 		return 0, "invalid message number"
 	}
-	if n < 1 || n > len(ss.msgs) {
-		return 0, "no such message, only " + strconv.Itoa(len(ss.msgs)) + " messages in maildrop"
+	if n < 1 || n > ss.snap.len() {
+		return 0, "no such message, only " + strconv.Itoa(ss.snap.len()) + " messages in maildrop"
 	}
-	if ss.dele[n-1] {
+	if ss.snap.deleted(n - 1) {
 		return 0, "message " + strconv.Itoa(n) + " already deleted"
 	}
 	return n - 1, ""
@@ -683,11 +697,14 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	if uidl {
 		name = "UIDL"
 	}
-	value := func(i int) string {
+	// value writes the second field of a listing line.
+	var num [20]byte
+	value := func(i int) {
 		if uidl {
-			return ss.msgs[i].UIDL
+			ss.w.WriteString(ss.snap.uidl(i))
+		} else {
+			ss.w.Write(strconv.AppendInt(num[:0], ss.snap.size(i), 10))
 		}
-		return strconv.FormatInt(ss.msgs[i].Size, 10)
 	}
 	args := fields(rest)
 	switch len(args) {
@@ -698,11 +715,14 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 		} else {
 			ss.ok(strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 		}
-		for i := range ss.msgs {
-			if ss.dele[i] {
+		for i := 0; i < ss.snap.len(); i++ {
+			if ss.snap.deleted(i) {
 				continue
 			}
-			ss.w.WriteString(strconv.Itoa(i+1) + " " + value(i) + "\r\n")
+			ss.w.Write(strconv.AppendInt(num[:0], int64(i+1), 10))
+			ss.w.WriteByte(' ')
+			value(i)
+			ss.w.WriteString("\r\n")
 		}
 		ss.w.WriteString(".\r\n")
 		return actContinue
@@ -711,7 +731,12 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 		if msg != "" {
 			return ss.fail(backends.CodeNone, msg)
 		}
-		ss.ok(strconv.Itoa(i+1) + " " + value(i))
+		ss.errs = 0
+		ss.w.WriteString("+OK ")
+		ss.w.Write(strconv.AppendInt(num[:0], int64(i+1), 10))
+		ss.w.WriteByte(' ')
+		value(i)
+		ss.w.WriteString("\r\n")
 		return actContinue
 	}
 	return ss.fail(backends.CodeNone, name+" takes at most one argument")
@@ -742,7 +767,7 @@ func (ss *session) cmdRETR(rest []byte, top bool) act {
 	if msg != "" {
 		return ss.fail(backends.CodeNone, msg)
 	}
-	m := ss.msgs[i]
+	m := ss.snap.msg(i)
 
 	// Open is bounded by CommandTimeout; the stream lives on until Close
 	// (an HTTP body, for one, dies with its context).
@@ -818,7 +843,7 @@ func (ss *session) cmdDELE(rest []byte) act {
 	if msg != "" {
 		return ss.fail(backends.CodeNone, msg)
 	}
-	ss.dele[i] = true
+	ss.snap.markDeleted(i)
 	ss.ok("message " + strconv.Itoa(i+1) + " deleted")
 	return actContinue
 }
@@ -828,7 +853,7 @@ func (ss *session) cmdRSET(rest []byte) act {
 	if len(fields(rest)) != 0 {
 		return ss.fail(backends.CodeNone, "RSET takes no argument")
 	}
-	clear(ss.dele)
+	ss.snap.resetDeleted()
 	n, size := ss.stat()
 	ss.ok("maildrop has " + strconv.Itoa(n) + " messages (" + strconv.FormatInt(size, 10) + " octets)")
 	return actContinue
@@ -856,9 +881,9 @@ func (ss *session) cmdQUIT(rest []byte) act {
 		return actClose
 	}
 	var del []backends.Message
-	for i, d := range ss.dele {
-		if d {
-			del = append(del, ss.msgs[i])
+	for i := 0; i < ss.snap.len(); i++ {
+		if ss.snap.deleted(i) {
+			del = append(del, ss.snap.msg(i))
 		}
 	}
 	if len(del) > 0 {

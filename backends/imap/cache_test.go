@@ -2,6 +2,7 @@ package imap
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -278,42 +279,44 @@ func TestUIDLTemplateAppend(t *testing.T) {
 	}
 }
 
-// BenchmarkLoginSnapshot measures Login + Snapshot + Close of a
+// BenchmarkLoginSnapshot measures Login + Snapshot + Close of a 10- and a
 // 1000-message mailbox on Dovecot, with and without the snapshot cache
 // (allocations and time per login, both processes on this machine).
 func BenchmarkLoginSnapshot(b *testing.B) {
 	st := sharedDovecot(b)
-	msgs := make([][]byte, 1000)
-	for i := range msgs {
-		msgs[i] = []byte("Subject: m\r\n\r\nbody\r\n")
-	}
-	md := seedMaildrop(b, st, msgs)
-	for _, tc := range []struct {
-		name  string
-		cache int
-	}{{"cache", 0}, {"nocache", -1}} {
-		b.Run(tc.name, func(b *testing.B) {
-			c := md.config(backendtest.Policy{})
-			c.SnapshotCache = tc.cache
-			be, err := New(c, testLogger(b))
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				mb, err := be.Login(ctx, md.Credentials())
+	for _, n := range []int{10, 1000} {
+		msgs := make([][]byte, n)
+		for i := range msgs {
+			msgs[i] = []byte("Subject: m\r\n\r\nbody\r\n")
+		}
+		md := seedMaildrop(b, st, msgs)
+		for _, tc := range []struct {
+			name  string
+			cache int
+		}{{"cache", 0}, {"nocache", -1}} {
+			b.Run(fmt.Sprintf("%d/%s", n, tc.name), func(b *testing.B) {
+				c := md.config(backendtest.Policy{})
+				c.SnapshotCache = tc.cache
+				be, err := New(c, testLogger(b))
 				if err != nil {
 					b.Fatal(err)
 				}
-				s, err := mb.Snapshot(ctx)
-				if err != nil || len(s) != len(msgs) {
-					b.Fatal(len(s), err)
+				ctx := context.Background()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					mb, err := be.Login(ctx, md.Credentials())
+					if err != nil {
+						b.Fatal(err)
+					}
+					s, err := mb.Snapshot(ctx)
+					if err != nil || len(s) != len(msgs) {
+						b.Fatal(len(s), err)
+					}
+					mb.Close()
 				}
-				mb.Close()
-			}
-		})
+			})
+		}
 	}
 }
 

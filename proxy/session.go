@@ -701,7 +701,7 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	var num [20]byte
 	value := func(i int) {
 		if uidl {
-			ss.w.WriteString(ss.snap.uidl(i))
+			ss.snap.writeUIDL(ss.w, i)
 		} else {
 			ss.w.Write(strconv.AppendInt(num[:0], ss.snap.size(i), 10))
 		}

@@ -25,7 +25,11 @@ type snapshot struct {
 	prefix    string   // common to all UIDLs
 	suffix    string   // common to all UIDLs
 	data      string   // middle of UIDL 1, its Ref, middle of UIDL 2, …
-	ends      []uint32 // ends[i]: end of message i+1's entry in data
+	n         int      // number of messages
+	entry     int      // the common entry length (UIDL middle + Ref), or -1
+	lens      []uint8  // entry lengths, when entry < 0 and all fit in 8 bits
+	base      []uint32 // with lens: offset of entry 64k in data
+	ends      []uint32 // otherwise: ends[i] is the end of entry i in data
 	ulens     []uint8  // lengths of the UIDL middles, or nil when all are ulen
 	ulen      int      // the common middle length when ulens is nil
 	refIsUIDL bool     // every Ref equals its UIDL: data holds it once
@@ -93,7 +97,32 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 		}
 	}
 	b.Grow(total)
-	s.ends = make([]uint32, len(msgs))
+	s.n = len(msgs)
+	s.entry = -1
+	entry, small := -1, true
+	for i, m := range msgs {
+		e := len(m.UIDL) - cut
+		if !s.refIsUIDL {
+			e += len(m.Ref)
+		}
+		if i == 0 {
+			entry = e
+		} else if e != entry {
+			entry = -2
+		}
+		if e > math.MaxUint8 {
+			small = false
+		}
+	}
+	switch {
+	case entry >= 0:
+		s.entry = entry
+	case small:
+		s.lens = make([]uint8, len(msgs))
+		s.base = make([]uint32, (len(msgs)+63)/64)
+	default:
+		s.ends = make([]uint32, len(msgs))
+	}
 	if fixedLen >= 0 {
 		s.ulen = fixedLen
 	} else {
@@ -110,7 +139,15 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 		if !s.refIsUIDL {
 			b.WriteString(m.Ref)
 		}
-		s.ends[i] = uint32(b.Len())
+		switch {
+		case s.lens != nil:
+			if i%64 == 0 {
+				s.base[i/64] = uint32(b.Len() - len(mid) - len(m.Ref)*b2i(!s.refIsUIDL))
+			}
+			s.lens[i] = uint8(len(mid) + len(m.Ref)*b2i(!s.refIsUIDL))
+		case s.ends != nil:
+			s.ends[i] = uint32(b.Len())
+		}
 		if s.ulens != nil {
 			s.ulens[i] = uint8(len(mid))
 		}
@@ -126,15 +163,38 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 }
 
 // len returns the number of messages, deleted ones included.
-func (s *snapshot) len() int { return len(s.ends) }
+func (s *snapshot) len() int { return s.n }
 
-// mid returns the UIDL of message index i (0-based) without the common
-// prefix and suffix.
-func (s *snapshot) mid(i int) string {
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// span returns where entry i starts and ends in data.
+func (s *snapshot) span(i int) (int, int) {
+	switch {
+	case s.entry >= 0:
+		return i * s.entry, (i + 1) * s.entry
+	case s.lens != nil:
+		start := int(s.base[i/64])
+		for j := i &^ 63; j < i; j++ {
+			start += int(s.lens[j])
+		}
+		return start, start + int(s.lens[i])
+	}
 	start := 0
 	if i > 0 {
 		start = int(s.ends[i-1])
 	}
+	return start, int(s.ends[i])
+}
+
+// mid returns the UIDL of message index i (0-based) without the common
+// prefix and suffix.
+func (s *snapshot) mid(i int) string {
+	start, _ := s.span(i)
 	n := s.ulen
 	if s.ulens != nil {
 		n = int(s.ulens[i])
@@ -198,11 +258,8 @@ func (s *snapshot) msg(i int) backends.Message {
 	u := s.uidl(i)
 	ref := u
 	if !s.refIsUIDL {
-		start := 0
-		if i > 0 {
-			start = int(s.ends[i-1])
-		}
-		ref = s.data[start+len(s.mid(i)) : s.ends[i]]
+		start, end := s.span(i)
+		ref = s.data[start+len(s.mid(i)) : end]
 	}
 	return backends.Message{UIDL: u, Size: s.size(i), Ref: ref}
 }

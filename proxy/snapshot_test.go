@@ -33,6 +33,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			{UIDL: "ab", Size: 2, Ref: "ab"},
 			{UIDL: "cab", Size: 3, Ref: "cab"},
 		},
+		"fixed entries (memory backend)": {
+			{UIDL: "mem00000001", Size: 5, Ref: "mem00000001"},
+			{UIDL: "mem00000002", Size: 6, Ref: "mem00000002"},
+		},
+		"ref over 255 octets": {
+			{UIDL: "u1", Size: 5, Ref: strings.Repeat("r", 300)},
+			{UIDL: "u2", Size: 6, Ref: "short"},
+			{UIDL: "u3", Size: 7, Ref: ""},
+		},
 		"empty": nil,
 	}
 	for name, msgs := range cases {
@@ -96,6 +105,11 @@ func TestSnapshotMarksBeyond64(t *testing.T) {
 	s, err := newSnapshot(msgs)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for i, m := range msgs { // 200 entries of varying length: 4 index blocks
+		if got := s.msg(i); got != m {
+			t.Fatalf("msg(%d) = %+v, want %+v", i, got, m)
+		}
 	}
 	for _, i := range []int{0, 63, 64, 127, 199} {
 		s.markDeleted(i)

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"math"
 	"strings"
@@ -25,6 +27,12 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			{UIDL: "x", Size: math.MaxUint32 + 5, Ref: ""},
 			{UIDL: "yy", Size: 7, Ref: "r"},
 		},
+		"one message": {{UIDL: "only", Size: 4, Ref: "9"}},
+		"one UIDL a prefix of another": {
+			{UIDL: "a", Size: 1, Ref: "a"},
+			{UIDL: "ab", Size: 2, Ref: "ab"},
+			{UIDL: "cab", Size: 3, Ref: "cab"},
+		},
 		"empty": nil,
 	}
 	for name, msgs := range cases {
@@ -37,6 +45,20 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Fatalf("len %d, want %d", s.len(), len(msgs))
 			}
 			var total int64
+			var list bytes.Buffer
+			w := bufio.NewWriter(&list)
+			for i := range msgs {
+				s.writeUIDL(w, i)
+				w.WriteByte(' ')
+			}
+			w.Flush()
+			var want strings.Builder
+			for _, m := range msgs {
+				want.WriteString(m.UIDL + " ")
+			}
+			if list.String() != want.String() {
+				t.Errorf("writeUIDL wrote %q, want %q", list.String(), want.String())
+			}
 			for i, m := range msgs {
 				if got := s.msg(i); got != m {
 					t.Errorf("msg(%d) = %+v, want %+v", i, got, m)
@@ -113,5 +135,20 @@ func TestSnapshotRejects(t *testing.T) {
 	}
 	if _, err := newSnapshot(many(17)); err != nil { // no duplicate: 17 replaced by itself
 		t.Errorf("unique UIDLs rejected: %v", err)
+	}
+}
+
+func TestCommonAffixes(t *testing.T) {
+	msgs := []backends.Message{{UIDL: "00000001000000AB"}, {UIDL: "000003E8000000AB"}, {UIDL: "00000010000000AB"}}
+	pre, suf := commonAffixes(msgs)
+	if pre != "00000" || suf != "000000AB" {
+		t.Errorf("got %q %q", pre, suf)
+	}
+	s, err := newSnapshot(msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.data != "0013E8010" {
+		t.Errorf("data %q holds more than the middles", s.data)
 	}
 }

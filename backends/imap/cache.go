@@ -1,6 +1,7 @@
 package imap
 
 import (
+	"slices"
 	"strconv"
 	"sync/atomic"
 
@@ -41,6 +42,16 @@ type snapEntry struct {
 	modSeq      uint64
 	uids        []uint32 // ascending: the POP3 numbering
 	sizes       []uint32 // RFC822.SIZE is a 32-bit number (RFC 3501 §9)
+	seen        []uint64 // bit i: uids[i] had \Seen (a RETR need not set it)
+}
+
+// isSeen reports whether uid had \Seen when e was listed.
+func (e *snapEntry) isSeen(uid uint32) bool {
+	if e == nil {
+		return false
+	}
+	i, ok := slices.BinarySearch(e.uids, uid)
+	return ok && i/64 < len(e.seen) && e.seen[i/64]&(1<<(i%64)) != 0
 }
 
 func newSnapCache(n int) *snapCache {

@@ -55,8 +55,12 @@ type Config struct {
 	// must contain %u; the result must fit in 70 printable characters
 	// (RFC 1939 §7).
 	UIDLTemplate string
-	MarkSeen     *bool // nil = true: a complete RETR sets \Seen (TOP never does)
-	Delete       DeleteConfig
+	// MarkSeen nil = true: a complete RETR sets \Seen (TOP never does),
+	// for all the session's messages in one STORE at its end (QUIT, or
+	// Close after a dropped connection), and only for messages the
+	// snapshot did not see \Seen already.
+	MarkSeen *bool
+	Delete   DeleteConfig
 	// ChunkSize is the octets fetched per UID FETCH when streaming a
 	// message (default 256 KiB). Each chunk is read off the upstream socket
 	// at once into a buffer, so a slow POP3 client never holds an upstream

@@ -239,7 +239,7 @@ func (md *maildrop) Unreachable(t *testing.T) backends.Backend {
 	return b
 }
 
-func (md *maildrop) client(t *testing.T) *imapclient.Client {
+func (md *maildrop) client(t testing.TB) *imapclient.Client {
 	c := md.st.dial(t, md.user, md.pass)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)

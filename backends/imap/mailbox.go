@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -31,8 +32,12 @@ type Mailbox struct {
 	caps imap.CapSet
 
 	uidValidity uint32
+	snap        *snapEntry // the listing of Snapshot (shared with the cache, never modified)
+	// toSee are the messages retrieved completely whose \Seen is not set
+	// yet (mark_seen).
+	toSee imap.UIDSet
 	// pending are commands sent without waiting for their answer (the
-	// \Seen STORE after a RETR); they are completed before the next command.
+	// \Seen STORE); they are completed before the next command.
 	pending []*imapclient.FetchCommand
 	broken  error // set when the connection is unusable
 	reader  io.Closer
@@ -159,6 +164,7 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.snap = e
 	return e.messages(m.b.uidl), nil
 }
 
@@ -171,6 +177,7 @@ func (m *Mailbox) list(e *snapEntry) error {
 	defer cmd.Close()
 	e.uids = make([]uint32, 0, e.exists)
 	e.sizes = make([]uint32, 0, e.exists)
+	var seen []bool
 	sorted := true
 	for {
 		msg := cmd.Next()
@@ -179,7 +186,7 @@ func (m *Mailbox) list(e *snapEntry) error {
 		}
 		var uid imap.UID
 		size := int64(-1)
-		skip := false
+		skip, isSeen := false, false
 		for {
 			item := msg.Next()
 			if item == nil {
@@ -192,6 +199,7 @@ func (m *Mailbox) list(e *snapEntry) error {
 				size = it.Size
 			case imapclient.FetchItemDataFlags:
 				skip = m.skip(it.Flags)
+				isSeen = slices.Contains(it.Flags, imap.FlagSeen)
 			}
 		}
 		if uid == 0 || skip {
@@ -205,6 +213,7 @@ func (m *Mailbox) list(e *snapEntry) error {
 		}
 		e.uids = append(e.uids, uint32(uid))
 		e.sizes = append(e.sizes, uint32(size))
+		seen = append(seen, isSeen)
 	}
 	if err := cmd.Close(); err != nil {
 		return err
@@ -213,7 +222,13 @@ func (m *Mailbox) list(e *snapEntry) error {
 		// The server sends FETCH responses in sequence order, which is UID
 		// order; keep the POP3 numbering in UID order whatever it sent, and
 		// each UID once.
-		sortUnique(e)
+		seen = sortUnique(e, seen)
+	}
+	e.seen = make([]uint64, (len(seen)+63)/64)
+	for i, s := range seen {
+		if s {
+			e.seen[i/64] |= 1 << (i % 64)
+		}
 	}
 	return nil
 }
@@ -249,7 +264,8 @@ func equalFoldFlag(a, b imap.Flag) bool {
 	return true
 }
 
-func sortUnique(e *snapEntry) {
+// sortUnique sorts e by UID and drops repeated UIDs; seen follows.
+func sortUnique(e *snapEntry, seen []bool) []bool {
 	idx := make([]int, len(e.uids))
 	for i := range idx {
 		idx[i] = i
@@ -257,14 +273,17 @@ func sortUnique(e *snapEntry) {
 	sort.SliceStable(idx, func(i, j int) bool { return e.uids[idx[i]] < e.uids[idx[j]] })
 	uids := make([]uint32, 0, len(idx))
 	sizes := make([]uint32, 0, len(idx))
+	seen2 := make([]bool, 0, len(idx))
 	for _, i := range idx {
 		if n := len(uids); n > 0 && uids[n-1] == e.uids[i] {
 			continue
 		}
 		uids = append(uids, e.uids[i])
 		sizes = append(sizes, e.sizes[i])
+		seen2 = append(seen2, seen[i])
 	}
 	e.uids, e.sizes = uids, sizes
+	return seen2
 }
 
 func parseRef(ref string) (imap.UID, error) {
@@ -321,7 +340,8 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 		if len(deleted) > 0 {
 			m.log.Debug().Int("messages", len(deleted)).Msg("delete policy keep: nothing changed upstream")
 		}
-		return m.guard(ctx, "commit", func() error { return nil }) // completes a pending \Seen
+		m.queueSeen()
+		return m.guard(ctx, "commit", func() error { return nil }) // completes the \Seen STORE
 	}
 	var uids imap.UIDSet
 	for _, d := range deleted {
@@ -331,6 +351,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 		}
 		uids.AddNum(uid)
 	}
+	m.queueSeen() // before the deletions: moved messages keep \Seen
 	return m.guard(ctx, "commit", func() error {
 		switch m.b.cfg.Delete.Policy {
 		case PolicyFlag:
@@ -400,6 +421,20 @@ func moveCmd(c *imapclient.Client, uids imap.UIDSet, folder string) (*imapclient
 	return c.Move(uids, folder).Wait()
 }
 
+// queueSeen sends one UID STORE +FLAGS.SILENT (\Seen) (RFC 3501 §6.4.6)
+// for the messages retrieved completely, without waiting for its answer
+// (flushPending reads it before the next command). One STORE per session
+// instead of one per RETR: each STORE is an index transaction upstream.
+func (m *Mailbox) queueSeen() {
+	if len(m.toSee) == 0 || m.broken != nil {
+		return
+	}
+	uids := m.toSee
+	m.toSee = nil
+	m.pending = append(m.pending, m.c.Store(uids,
+		&imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil))
+}
+
 // Close logs out (no CLOSE, which would expunge) and closes the connection.
 func (m *Mailbox) Close() error {
 	if m.closed {
@@ -413,8 +448,10 @@ func (m *Mailbox) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), min(m.b.cfg.CommandTimeout, 5*time.Second))
 		defer cancel()
 		stop := context.AfterFunc(ctx, func() { m.conn.Close() })
+		m.queueSeen()
+		logout := m.c.Logout() // RFC 3501 §6.1.3, pipelined after the STORE
 		m.flushPending()
-		m.c.Logout().Wait() // RFC 3501 §6.1.3
+		logout.Wait()
 		stop()
 	}
 	m.c.Close()

@@ -103,11 +103,11 @@ func (r *msgReader) next() error {
 	if r.last {
 		r.err = io.EOF
 		r.buf, r.pos = nil, 0
-		if r.lines < 0 && r.m.b.markSeen && r.m.broken == nil {
-			// RFC 3501 §6.4.6; sent now, its answer is read before the
-			// next command so a RETR costs no extra round trip.
-			r.m.pending = append(r.m.pending, r.m.c.Store(imap.UIDSetNum(r.uid),
-				&imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil))
+		if r.lines < 0 && r.m.b.markSeen && !r.m.snap.isSeen(uint32(r.uid)) {
+			// \Seen is set for all such messages in one STORE when the
+			// session ends (Mailbox.queueSeen); not for a message the
+			// snapshot found \Seen already.
+			r.m.toSee.AddNum(r.uid)
 		}
 		r.release()
 		return io.EOF

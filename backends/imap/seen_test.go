@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,5 +125,119 @@ func TestSlowReader(t *testing.T) {
 				t.Fatalf("got %d octets, want %d, content differs", len(got), len(raw))
 			}
 		})
+	}
+}
+
+// recorder is a TCP relay in front of an IMAP server that keeps what the
+// client sent.
+type recorder struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	sent bytes.Buffer
+}
+
+func newRecorder(t *testing.T, upstream string) *recorder {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go func() { io.Copy(c, u); c.Close() }()
+			go func() {
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					rec.mu.Lock()
+					rec.sent.Write(buf[:n])
+					rec.mu.Unlock()
+					if _, werr := u.Write(buf[:n]); err != nil || werr != nil {
+						u.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return rec
+}
+
+// seenStores returns the UID sets of the \Seen STOREs sent so far, and
+// forgets them.
+func (rec *recorder) seenStores() []string {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(rec.sent.String(), "\r\n") {
+		f := strings.Fields(line)
+		if len(f) >= 4 && strings.EqualFold(f[1], "UID") && strings.EqualFold(f[2], "STORE") && strings.Contains(line, `\Seen`) {
+			out = append(out, f[3])
+		}
+	}
+	rec.sent.Reset()
+	return out
+}
+
+// TestMarkSeenOneStore: the session's complete RETRs are marked \Seen in
+// one STORE, and messages already \Seen are not stored again.
+func TestMarkSeenOneStore(t *testing.T) {
+	st := sharedDovecot(t)
+	md := seedMaildrop(t, st, backendtest.Messages()[:4])
+	rec := newRecorder(t, st.addr())
+	cfg := md.config(backendtest.Policy{})
+	cfg.Address = rec.ln.Addr().String()
+	b, err := New(cfg, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	session := func(retr ...int) {
+		ctx := context.Background()
+		mb, err := b.Login(ctx, md.Credentials())
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, err := mb.Snapshot(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range retr {
+			r, err := mb.Open(ctx, snap[i], -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				t.Fatal(err)
+			}
+			r.Close()
+		}
+		mb.Close()
+	}
+	session(0, 2, 3)
+	if got := rec.seenStores(); len(got) != 1 || got[0] != "1,3:4" {
+		t.Fatalf("\\Seen STOREs %q, want one for 1,3:4", got)
+	}
+	session(0, 1, 2, 3) // only message 2 was not \Seen
+	if got := rec.seenStores(); len(got) != 1 || got[0] != "2" {
+		t.Fatalf("\\Seen STOREs %q, want one for 2", got)
+	}
+	session(0, 1)
+	if got := rec.seenStores(); len(got) != 0 {
+		t.Fatalf("\\Seen STOREs %q for messages \\Seen already", got)
+	}
+	for n, s := range inMainState(md.State(t)) {
+		if !s.HasFlag(`\Seen`) {
+			t.Errorf("seq %d: no \\Seen", n)
+		}
 	}
 }

@@ -286,7 +286,7 @@ load() { # load TARGET ARGS... -> pop3load's summary line (users load1..)
 	"$LOAD" -addr "${ADDR[$1]}" -pass "$PASS" -users 'load%d' -nusers "$CONC" -c "$CONC" -max 10m "${@:2}"
 }
 field() { sed -n "s|.* $1=\([^ ]*\).*|\1|p"; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : "n/a")}'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (!NR) print "n/a"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 # Warm every target once: builds Dovecot's indexes (A's per user, B's imapc
 # cache) and the page cache; checks that sizes match (-verify).

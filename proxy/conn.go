@@ -105,18 +105,31 @@ type deadlineWriter struct {
 	err     error // first write error; the connection is unusable after it
 }
 
+// maxWrite is the most written to the connection under one deadline, so
+// that a large write (a span of a message written straight from the
+// backend's buffer) still fails only when the client makes no progress for
+// the write timeout.
+const maxWrite = 64 * 1024
+
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	if d.err != nil {
 		return 0, d.err
 	}
-	if err := d.c.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
-		d.err = err
-		return 0, err
+	total := 0
+	for len(p) > 0 {
+		chunk := p[:min(len(p), maxWrite)]
+		if err := d.c.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
+			d.err = err
+			return total, err
+		}
+		n, err := d.c.Write(chunk)
+		d.n += int64(n)
+		total += n
+		if err != nil {
+			d.err = err
+			return total, err
+		}
+		p = p[n:]
 	}
-	n, err := d.c.Write(p)
-	d.n += int64(n)
-	if err != nil {
-		d.err = err
-	}
-	return n, err
+	return total, nil
 }

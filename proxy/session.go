@@ -701,7 +701,7 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 	var num [20]byte
 	value := func(i int) {
 		if uidl {
-			ss.w.WriteString(ss.snap.uidl(i))
+			ss.snap.writeUIDL(ss.w, i)
 		} else {
 			ss.w.Write(strconv.AppendInt(num[:0], ss.snap.size(i), 10))
 		}
@@ -808,7 +808,13 @@ func (ss *session) cmdRETR(rest []byte, top bool) act {
 	dw := dotWriter{w: ss.w}
 	_, err = dw.Write(buf[:n])
 	if err == nil && rerr == nil {
-		_, err = io.CopyBuffer(writerOnly{&dw}, readerOnly{src}, buf)
+		if wt, ok := src.(io.WriterTo); ok {
+			// The backend writes from its own (bounded) buffers: one copy
+			// less. deadlineWriter still writes at most maxWrite at a time.
+			_, err = wt.WriteTo(writerOnly{&dw})
+		} else {
+			_, err = io.CopyBuffer(writerOnly{&dw}, readerOnly{src}, buf)
+		}
 	}
 	if err == nil {
 		err = dw.Close()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -14,15 +15,23 @@ import (
 // snapshot is a session's compact copy of the message list taken at login
 // (RFC 1939 §4: numbering and sizes are fixed for the whole session). It
 // holds all UIDLs and Refs in one string, so a maildrop of n messages costs
-// a few allocations instead of 2n+1, and about 30 octets per message
+// a few allocations instead of 2n+1, and 10 to 30 octets per message
 // instead of 40 plus two strings; the backend's slice becomes garbage right
-// after login. msg rebuilds a backends.Message from substrings, without
-// allocating.
+// after login. The prefix and suffix common to all UIDLs are kept once
+// (Dovecot's "%08Xu%08Xv" UIDLs share their UIDVALIDITY half and leading
+// zeros). msg rebuilds a backends.Message from substrings; it allocates only
+// a UIDL that has such a prefix or suffix.
 type snapshot struct {
-	data      string   // UIDL of message 1, its Ref, UIDL of message 2, …
-	ends      []uint32 // ends[i]: end of message i+1's entry in data
-	ulens     []uint8  // UIDL lengths, or nil when all are ulen
-	ulen      int      // the common UIDL length when ulens is nil
+	prefix    string   // common to all UIDLs
+	suffix    string   // common to all UIDLs
+	data      string   // middle of UIDL 1, its Ref, middle of UIDL 2, …
+	n         int      // number of messages
+	entry     int      // the common entry length (UIDL middle + Ref), or -1
+	lens      []uint8  // entry lengths, when entry < 0 and all fit in 8 bits
+	base      []uint32 // with lens: offset of entry 64k in data
+	ends      []uint32 // otherwise: ends[i] is the end of entry i in data
+	ulens     []uint8  // lengths of the UIDL middles, or nil when all are ulen
+	ulen      int      // the common middle length when ulens is nil
 	refIsUIDL bool     // every Ref equals its UIDL: data holds it once
 	size32    []uint32 // sizes, when all fit in 32 bits
 	size64    []int64  // sizes otherwise
@@ -71,15 +80,49 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 		return nil, fmt.Errorf("snapshot: message %d: duplicate UIDL %q (as message %d)", j+1, msgs[j].UIDL, i+1)
 	}
 
+	pre, suf := commonAffixes(msgs)
+	s.prefix, s.suffix = strings.Clone(pre), strings.Clone(suf)
+	cut := len(pre) + len(suf)
+	if fixedLen >= 0 {
+		fixedLen -= cut
+	}
 	var b strings.Builder
 	if s.refIsUIDL {
 		total = 0
-		for _, m := range msgs {
+	}
+	total -= cut * len(msgs)
+	for _, m := range msgs {
+		if s.refIsUIDL {
 			total += len(m.UIDL)
 		}
 	}
 	b.Grow(total)
-	s.ends = make([]uint32, len(msgs))
+	s.n = len(msgs)
+	s.entry = -1
+	entry, small := -1, true
+	for i, m := range msgs {
+		e := len(m.UIDL) - cut
+		if !s.refIsUIDL {
+			e += len(m.Ref)
+		}
+		if i == 0 {
+			entry = e
+		} else if e != entry {
+			entry = -2
+		}
+		if e > math.MaxUint8 {
+			small = false
+		}
+	}
+	switch {
+	case entry >= 0:
+		s.entry = entry
+	case small:
+		s.lens = make([]uint8, len(msgs))
+		s.base = make([]uint32, (len(msgs)+63)/64)
+	default:
+		s.ends = make([]uint32, len(msgs))
+	}
 	if fixedLen >= 0 {
 		s.ulen = fixedLen
 	} else {
@@ -91,13 +134,22 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 		s.size64 = make([]int64, len(msgs))
 	}
 	for i, m := range msgs {
-		b.WriteString(m.UIDL)
+		mid := m.UIDL[len(pre) : len(m.UIDL)-len(suf)]
+		b.WriteString(mid)
 		if !s.refIsUIDL {
 			b.WriteString(m.Ref)
 		}
-		s.ends[i] = uint32(b.Len())
+		switch {
+		case s.lens != nil:
+			if i%64 == 0 {
+				s.base[i/64] = uint32(b.Len() - len(mid) - len(m.Ref)*b2i(!s.refIsUIDL))
+			}
+			s.lens[i] = uint8(len(mid) + len(m.Ref)*b2i(!s.refIsUIDL))
+		case s.ends != nil:
+			s.ends[i] = uint32(b.Len())
+		}
 		if s.ulens != nil {
-			s.ulens[i] = uint8(len(m.UIDL))
+			s.ulens[i] = uint8(len(mid))
 		}
 		if fits32 {
 			s.size32[i] = uint32(m.Size)
@@ -111,19 +163,86 @@ func newSnapshot(msgs []backends.Message) (*snapshot, error) {
 }
 
 // len returns the number of messages, deleted ones included.
-func (s *snapshot) len() int { return len(s.ends) }
+func (s *snapshot) len() int { return s.n }
 
-// uidl returns the UIDL of message index i (0-based).
-func (s *snapshot) uidl(i int) string {
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// span returns where entry i starts and ends in data.
+func (s *snapshot) span(i int) (int, int) {
+	switch {
+	case s.entry >= 0:
+		return i * s.entry, (i + 1) * s.entry
+	case s.lens != nil:
+		start := int(s.base[i/64])
+		for j := i &^ 63; j < i; j++ {
+			start += int(s.lens[j])
+		}
+		return start, start + int(s.lens[i])
+	}
 	start := 0
 	if i > 0 {
 		start = int(s.ends[i-1])
 	}
+	return start, int(s.ends[i])
+}
+
+// mid returns the UIDL of message index i (0-based) without the common
+// prefix and suffix.
+func (s *snapshot) mid(i int) string {
+	start, _ := s.span(i)
 	n := s.ulen
 	if s.ulens != nil {
 		n = int(s.ulens[i])
 	}
 	return s.data[start : start+n]
+}
+
+// uidl returns the UIDL of message index i.
+func (s *snapshot) uidl(i int) string {
+	if s.prefix == "" && s.suffix == "" {
+		return s.mid(i)
+	}
+	return s.prefix + s.mid(i) + s.suffix
+}
+
+// writeUIDL writes the UIDL of message index i without building it.
+func (s *snapshot) writeUIDL(w *bufio.Writer, i int) {
+	w.WriteString(s.prefix)
+	w.WriteString(s.mid(i))
+	w.WriteString(s.suffix)
+}
+
+// commonAffixes returns the longest prefix and suffix shared by all UIDLs,
+// not overlapping in the shortest one.
+func commonAffixes(msgs []backends.Message) (string, string) {
+	if len(msgs) == 0 {
+		return "", ""
+	}
+	pre, suf := msgs[0].UIDL, msgs[0].UIDL
+	short := len(pre)
+	for _, m := range msgs[1:] {
+		u := m.UIDL
+		short = min(short, len(u))
+		n := 0
+		for n < len(pre) && n < len(u) && pre[n] == u[n] {
+			n++
+		}
+		pre = pre[:n]
+		n = 0
+		for n < len(suf) && n < len(u) && suf[len(suf)-1-n] == u[len(u)-1-n] {
+			n++
+		}
+		suf = suf[len(suf)-n:]
+	}
+	if len(pre)+len(suf) > short {
+		suf = suf[len(suf)-(short-len(pre)):]
+	}
+	return pre, suf
 }
 
 // size returns the size of message index i.
@@ -139,11 +258,8 @@ func (s *snapshot) msg(i int) backends.Message {
 	u := s.uidl(i)
 	ref := u
 	if !s.refIsUIDL {
-		start := 0
-		if i > 0 {
-			start = int(s.ends[i-1])
-		}
-		ref = s.data[start+len(u) : s.ends[i]]
+		start, end := s.span(i)
+		ref = s.data[start+len(s.mid(i)) : end]
 	}
 	return backends.Message{UIDL: u, Size: s.size(i), Ref: ref}
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"math"
 	"strings"
@@ -25,6 +27,21 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			{UIDL: "x", Size: math.MaxUint32 + 5, Ref: ""},
 			{UIDL: "yy", Size: 7, Ref: "r"},
 		},
+		"one message": {{UIDL: "only", Size: 4, Ref: "9"}},
+		"one UIDL a prefix of another": {
+			{UIDL: "a", Size: 1, Ref: "a"},
+			{UIDL: "ab", Size: 2, Ref: "ab"},
+			{UIDL: "cab", Size: 3, Ref: "cab"},
+		},
+		"fixed entries (memory backend)": {
+			{UIDL: "mem00000001", Size: 5, Ref: "mem00000001"},
+			{UIDL: "mem00000002", Size: 6, Ref: "mem00000002"},
+		},
+		"ref over 255 octets": {
+			{UIDL: "u1", Size: 5, Ref: strings.Repeat("r", 300)},
+			{UIDL: "u2", Size: 6, Ref: "short"},
+			{UIDL: "u3", Size: 7, Ref: ""},
+		},
 		"empty": nil,
 	}
 	for name, msgs := range cases {
@@ -37,6 +54,20 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Fatalf("len %d, want %d", s.len(), len(msgs))
 			}
 			var total int64
+			var list bytes.Buffer
+			w := bufio.NewWriter(&list)
+			for i := range msgs {
+				s.writeUIDL(w, i)
+				w.WriteByte(' ')
+			}
+			w.Flush()
+			var want strings.Builder
+			for _, m := range msgs {
+				want.WriteString(m.UIDL + " ")
+			}
+			if list.String() != want.String() {
+				t.Errorf("writeUIDL wrote %q, want %q", list.String(), want.String())
+			}
 			for i, m := range msgs {
 				if got := s.msg(i); got != m {
 					t.Errorf("msg(%d) = %+v, want %+v", i, got, m)
@@ -74,6 +105,11 @@ func TestSnapshotMarksBeyond64(t *testing.T) {
 	s, err := newSnapshot(msgs)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for i, m := range msgs { // 200 entries of varying length: 4 index blocks
+		if got := s.msg(i); got != m {
+			t.Fatalf("msg(%d) = %+v, want %+v", i, got, m)
+		}
 	}
 	for _, i := range []int{0, 63, 64, 127, 199} {
 		s.markDeleted(i)
@@ -113,5 +149,20 @@ func TestSnapshotRejects(t *testing.T) {
 	}
 	if _, err := newSnapshot(many(17)); err != nil { // no duplicate: 17 replaced by itself
 		t.Errorf("unique UIDLs rejected: %v", err)
+	}
+}
+
+func TestCommonAffixes(t *testing.T) {
+	msgs := []backends.Message{{UIDL: "00000001000000AB"}, {UIDL: "000003E8000000AB"}, {UIDL: "00000010000000AB"}}
+	pre, suf := commonAffixes(msgs)
+	if pre != "00000" || suf != "000000AB" {
+		t.Errorf("got %q %q", pre, suf)
+	}
+	s, err := newSnapshot(msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.data != "0013E8010" {
+		t.Errorf("data %q holds more than the middles", s.data)
 	}
 }

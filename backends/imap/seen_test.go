@@ -88,7 +88,7 @@ func TestSlowReader(t *testing.T) {
 			t.Parallel()
 			raw := bigMessage(24 << 10)
 			md := seedMaildrop(t, st.s(t), [][]byte{raw})
-			md.tweak = func(c *Config) { c.ChunkSize = 16 << 10; c.CommandTimeout = 150 * time.Millisecond }
+			md.tweak = func(c *Config) { c.ChunkSize = 16 << 10; c.CommandTimeout = time.Second }
 			b, err := New(md.config(backendtest.Policy{}), testLogger(t))
 			if err != nil {
 				t.Fatal(err)
@@ -119,7 +119,7 @@ func TestSlowReader(t *testing.T) {
 				if err != nil {
 					t.Fatalf("after %d octets: %v", len(got), err)
 				}
-				time.Sleep(400 * time.Millisecond) // longer than the command timeout
+				time.Sleep(1200 * time.Millisecond) // longer than the command timeout
 			}
 			if !bytes.Equal(got, raw) {
 				t.Fatalf("got %d octets, want %d, content differs", len(got), len(raw))

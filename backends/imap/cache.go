@@ -1,6 +1,7 @@
 package imap
 
 import (
+	"encoding/binary"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -33,16 +34,53 @@ type snapCache struct {
 	hits atomic.Int64 // logins served from the cache
 }
 
-// snapEntry is one maildrop's listing, compact: 8 octets per message.
-// Entries are never modified once stored (a refresh replaces them).
+// snapEntry is one maildrop's listing, compact: per message the UID as the
+// difference to the previous one and the size, both as uvarints (about 4
+// octets a message), and one \Seen bit. Entries are never modified once
+// stored (a refresh replaces them).
 type snapEntry struct {
 	uidValidity uint32
 	uidNext     uint32
 	exists      uint32
 	modSeq      uint64
-	uids        []uint32 // ascending: the POP3 numbering
-	sizes       []uint32 // RFC822.SIZE is a 32-bit number (RFC 3501 §9)
-	seen        []uint64 // bit i: uids[i] had \Seen (a RETR need not set it)
+	n           int      // messages listed
+	data        []byte   // uvarint(uid - previous uid), uvarint(RFC822.SIZE), … in UID order: the POP3 numbering
+	seen        []uint64 // bit i: message i had \Seen (a RETR need not set it)
+}
+
+// pack stores the listing: uids ascending and unique, sizes and seen
+// alongside.
+func (e *snapEntry) pack(uids, sizes []uint32, seen []bool) {
+	e.n = len(uids)
+	e.data = make([]byte, 0, 2*len(uids)+binary.MaxVarintLen32)
+	prev := uint32(0)
+	for i, uid := range uids {
+		e.data = binary.AppendUvarint(e.data, uint64(uid-prev))
+		e.data = binary.AppendUvarint(e.data, uint64(sizes[i]))
+		prev = uid
+	}
+	e.data = slices.Clip(e.data)
+	e.seen = make([]uint64, (len(seen)+63)/64)
+	for i, s := range seen {
+		if s {
+			e.seen[i/64] |= 1 << (i % 64)
+		}
+	}
+}
+
+// each calls f with every message's UID and size, in order.
+func (e *snapEntry) each(f func(i int, uid, size uint32) bool) {
+	uid := uint32(0)
+	for i, p := 0, 0; i < e.n; i++ {
+		d, k := binary.Uvarint(e.data[p:])
+		p += k
+		size, k := binary.Uvarint(e.data[p:])
+		p += k
+		uid += uint32(d)
+		if !f(i, uid, uint32(size)) {
+			return
+		}
+	}
 }
 
 // isSeen reports whether uid had \Seen when e was listed.
@@ -50,8 +88,14 @@ func (e *snapEntry) isSeen(uid uint32) bool {
 	if e == nil {
 		return false
 	}
-	i, ok := slices.BinarySearch(e.uids, uid)
-	return ok && i/64 < len(e.seen) && e.seen[i/64]&(1<<(i%64)) != 0
+	seen := false
+	e.each(func(i int, u, _ uint32) bool {
+		if u == uid {
+			seen = e.seen[i/64]&(1<<(i%64)) != 0
+		}
+		return u < uid
+	})
+	return seen
 }
 
 func newSnapCache(n int) *snapCache {
@@ -102,24 +146,26 @@ func cacheable(sel *imap.SelectData) bool {
 // UIDVALIDITY, Refs the decimal UIDs. All the strings share one backing
 // allocation.
 func (e *snapEntry) messages(t uidlTemplate) []backends.Message {
-	n := len(e.uids)
+	n := e.n
 	if n == 0 {
 		return nil
 	}
 	out := make([]backends.Message, n)
 	buf := make([]byte, 0, n*(t.maxLen()+10))
 	ends := make([]int32, 0, 2*n)
-	for _, uid := range e.uids {
+	e.each(func(i int, uid, size uint32) bool {
 		buf = t.appendFormat(buf, uid, e.uidValidity)
 		ends = append(ends, int32(len(buf)))
 		buf = strconv.AppendUint(buf, uint64(uid), 10)
 		ends = append(ends, int32(len(buf)))
-	}
+		out[i].Size = int64(size)
+		return true
+	})
 	s := string(buf)
 	start := int32(0)
 	for i := range out {
 		u, r := ends[2*i], ends[2*i+1]
-		out[i] = backends.Message{UIDL: s[start:u], Ref: s[u:r], Size: int64(e.sizes[i])}
+		out[i].UIDL, out[i].Ref = s[start:u], s[u:r]
 		start = r
 	}
 	return out

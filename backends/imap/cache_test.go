@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -262,7 +263,8 @@ func TestUIDLTemplateAppend(t *testing.T) {
 			if len(got) > p.maxLen() {
 				t.Errorf("%q: %q longer than maxLen %d", tmpl, got, p.maxLen())
 			}
-			e := &snapEntry{uidValidity: c[1], uids: []uint32{c[0]}, sizes: []uint32{7}}
+			e := &snapEntry{uidValidity: c[1]}
+			e.pack([]uint32{c[0]}, []uint32{7}, []bool{false})
 			m := e.messages(p)
 			if m[0].UIDL != got || m[0].Size != 7 {
 				t.Errorf("%q: messages gives %+v, format %q", tmpl, m[0], got)
@@ -383,5 +385,48 @@ func BenchmarkRetrAll(b *testing.B) {
 			}
 			b.SetBytes(total)
 		})
+	}
+}
+
+func TestSnapEntryPack(t *testing.T) {
+	var uids, sizes []uint32
+	var seen []bool
+	uid := uint32(0)
+	for i := 0; i < 300; i++ {
+		uid += uint32(1 + i%7*1000)
+		if i == 299 {
+			uid = 0xffffffff
+		}
+		uids = append(uids, uid)
+		sizes = append(sizes, uint32(i*i*977)|uint32(i%2)<<31)
+		seen = append(seen, i%3 == 0)
+	}
+	e := &snapEntry{uidValidity: 42}
+	e.pack(uids, sizes, seen)
+	// Usual maildrops: consecutive UIDs, messages under 2 MB: 4 octets.
+	usual := &snapEntry{}
+	usual.pack([]uint32{5, 6, 7, 9}, []uint32{100, 20000, 2<<20 - 1, 300}, make([]bool, 4))
+	if len(usual.data) > 4*4 {
+		t.Errorf("%d octets for 4 usual messages", len(usual.data))
+	}
+	p, _ := parseUIDLTemplate(DefaultUIDLTemplate)
+	msgs := e.messages(p)
+	if len(msgs) != len(uids) {
+		t.Fatalf("%d messages, want %d", len(msgs), len(uids))
+	}
+	for i, m := range msgs {
+		if m.Ref != strconv.FormatUint(uint64(uids[i]), 10) || m.Size != int64(sizes[i]) || m.UIDL != p.format(uids[i], 42) {
+			t.Fatalf("message %d: %+v, want uid %d size %d", i, m, uids[i], sizes[i])
+		}
+		if e.isSeen(uids[i]) != seen[i] {
+			t.Fatalf("message %d: isSeen %v", i, !seen[i])
+		}
+		if e.isSeen(uids[i]-1) && (i == 0 || uids[i-1] != uids[i]-1) {
+			t.Fatalf("isSeen(%d) for a UID not listed", uids[i]-1)
+		}
+	}
+	var nilEntry *snapEntry
+	if nilEntry.isSeen(1) {
+		t.Fatal("nil entry: seen")
 	}
 }

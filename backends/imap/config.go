@@ -25,7 +25,7 @@ const (
 	// BODY.PEEK[]<offset.size> reads.
 	DefaultChunkSize = 1 << 20
 	// DefaultSnapshotCache is how many maildrops' listings the snapshot
-	// cache keeps (about 8 octets per message each).
+	// cache keeps (about 4 octets per message each).
 	DefaultSnapshotCache = 10000
 )
 
@@ -67,7 +67,7 @@ type Config struct {
 	// literal open; memory per RETR is one chunk.
 	ChunkSize int
 	// SnapshotCache is how many maildrops' listings (UID and size of each
-	// message, 8 octets per message) the backend keeps, least recently
+	// message, about 4 octets per message) the backend keeps, least recently
 	// used evicted, to skip the UID FETCH at login when the mailbox has not
 	// changed. It needs CONDSTORE (RFC 7162) upstream: an entry is used only
 	// when UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are all the same as

@@ -144,7 +144,7 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 			m.b.cache.remove(key)
 			condStore = false
 		} else if e = m.b.cache.get(key, sel); e != nil {
-			m.log.Debug().Int("messages", len(e.uids)).Msg("snapshot from cache")
+			m.log.Debug().Int("messages", e.n).Msg("snapshot from cache")
 			return nil
 		}
 		e = &snapEntry{
@@ -168,16 +168,16 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	return e.messages(m.b.uidl), nil
 }
 
-// list fills e.uids and e.sizes with one UID FETCH 1:* (RFC 3501 §6.4.8),
-// in UID order whatever order the server answered in.
+// list fills e with one UID FETCH 1:* (RFC 3501 §6.4.8), in UID order
+// whatever order the server answered in.
 func (m *Mailbox) list(e *snapEntry) error {
 	cmd := m.c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
 		UID: true, RFC822Size: true, Flags: true,
 	})
 	defer cmd.Close()
-	e.uids = make([]uint32, 0, e.exists)
-	e.sizes = make([]uint32, 0, e.exists)
-	var seen []bool
+	uids := make([]uint32, 0, e.exists)
+	sizes := make([]uint32, 0, e.exists)
+	seen := make([]bool, 0, e.exists)
 	sorted := true
 	for {
 		msg := cmd.Next()
@@ -208,11 +208,11 @@ func (m *Mailbox) list(e *snapEntry) error {
 		if size < 0 || size > math.MaxUint32 {
 			return fmt.Errorf("UID %d: no or bad RFC822.SIZE", uid)
 		}
-		if n := len(e.uids); n > 0 && e.uids[n-1] >= uint32(uid) {
+		if n := len(uids); n > 0 && uids[n-1] >= uint32(uid) {
 			sorted = false
 		}
-		e.uids = append(e.uids, uint32(uid))
-		e.sizes = append(e.sizes, uint32(size))
+		uids = append(uids, uint32(uid))
+		sizes = append(sizes, uint32(size))
 		seen = append(seen, isSeen)
 	}
 	if err := cmd.Close(); err != nil {
@@ -222,14 +222,9 @@ func (m *Mailbox) list(e *snapEntry) error {
 		// The server sends FETCH responses in sequence order, which is UID
 		// order; keep the POP3 numbering in UID order whatever it sent, and
 		// each UID once.
-		seen = sortUnique(e, seen)
+		uids, sizes, seen = sortUnique(uids, sizes, seen)
 	}
-	e.seen = make([]uint64, (len(seen)+63)/64)
-	for i, s := range seen {
-		if s {
-			e.seen[i/64] |= 1 << (i % 64)
-		}
-	}
+	e.pack(uids, sizes, seen)
 	return nil
 }
 
@@ -264,26 +259,25 @@ func equalFoldFlag(a, b imap.Flag) bool {
 	return true
 }
 
-// sortUnique sorts e by UID and drops repeated UIDs; seen follows.
-func sortUnique(e *snapEntry, seen []bool) []bool {
-	idx := make([]int, len(e.uids))
+// sortUnique sorts the listing by UID and drops repeated UIDs.
+func sortUnique(uids, sizes []uint32, seen []bool) ([]uint32, []uint32, []bool) {
+	idx := make([]int, len(uids))
 	for i := range idx {
 		idx[i] = i
 	}
-	sort.SliceStable(idx, func(i, j int) bool { return e.uids[idx[i]] < e.uids[idx[j]] })
-	uids := make([]uint32, 0, len(idx))
-	sizes := make([]uint32, 0, len(idx))
+	sort.SliceStable(idx, func(i, j int) bool { return uids[idx[i]] < uids[idx[j]] })
+	u2 := make([]uint32, 0, len(idx))
+	s2 := make([]uint32, 0, len(idx))
 	seen2 := make([]bool, 0, len(idx))
 	for _, i := range idx {
-		if n := len(uids); n > 0 && uids[n-1] == e.uids[i] {
+		if n := len(u2); n > 0 && u2[n-1] == uids[i] {
 			continue
 		}
-		uids = append(uids, e.uids[i])
-		sizes = append(sizes, e.sizes[i])
+		u2 = append(u2, uids[i])
+		s2 = append(s2, sizes[i])
 		seen2 = append(seen2, seen[i])
 	}
-	e.uids, e.sizes = uids, sizes
-	return seen2
+	return u2, s2, seen2
 }
 
 func parseRef(ref string) (imap.UID, error) {

@@ -111,7 +111,7 @@ type Backend struct {
 	UIDLTemplate string `yaml:"uidl_template"`
 	// MarkSeen sets \Seen upstream on RETR (default true).
 	MarkSeen *bool `yaml:"mark_seen"`
-	// SnapshotCache is how many maildrops' message lists (8 octets per
+	// SnapshotCache is how many maildrops' message lists (about 4 octets per
 	// message) are kept to skip the listing at login when the mailbox is
 	// unchanged (needs CONDSTORE upstream); default 10000, 0 disables.
 	SnapshotCache *int   `yaml:"snapshot_cache"`

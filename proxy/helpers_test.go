@@ -16,9 +16,10 @@ import (
 	"math/big"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 
 	"github.com/rs/zerolog"
 
@@ -29,23 +30,8 @@ import (
 // ioTimeout bounds every client read in tests; generous for a noisy box.
 const ioTimeout = 20 * time.Second
 
-// syncBuffer collects log output from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects output written by other goroutines.
+type syncBuffer = testutil.SyncBuffer
 
 // env is a server on a loopback port in front of a memory backend.
 type env struct {

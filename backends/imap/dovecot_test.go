@@ -2,16 +2,16 @@ package imap
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/rs/zerolog"
@@ -104,23 +104,8 @@ func TestUIDLAndSizesMatchDovecotPOP3(t *testing.T) {
 	}
 }
 
-// syncBuffer collects log output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects output written by other goroutines.
+type syncBuffer = testutil.SyncBuffer
 
 // Without UIDPLUS (RFC 4315) a plain EXPUNGE would also remove messages
 // other clients flagged \Deleted: by default popgate only flags, warning

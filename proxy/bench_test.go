@@ -20,7 +20,7 @@ import (
 
 // Benchmarks against backends/memory over loopback TCP:
 //
-//	go test -run XXX -bench . -benchmem -count 5 ./proxy/
+//	go test -run '^$' -bench . -benchmem -count 5 ./proxy/
 
 func benchServer(b *testing.B, be *memory.Backend) string {
 	b.Helper()
@@ -197,7 +197,7 @@ func BenchmarkLongLine(b *testing.B) {
 // after runtime.GC(). The client ends of the connections live in the same
 // process and are counted too (a few hundred octets each). Run it once:
 //
-//	go test -run XXX -bench IdleSessions -benchtime 1x ./proxy/
+//	go test -run '^$' -bench IdleSessions -benchtime 1x ./proxy/
 func BenchmarkIdleSessions(b *testing.B) {
 	for _, msgs := range []int{10, 1000} {
 		b.Run(fmt.Sprintf("messages=%d", msgs), func(b *testing.B) {

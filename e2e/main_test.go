@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,6 +32,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/popgate/popgate/backends/demo"
 	"github.com/popgate/popgate/internal/testserver/dovecot"
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 var reference = flag.Bool("reference", false, "run the clients against Dovecot's own POP3 instead of popgate")
@@ -221,16 +223,8 @@ log:
 	}
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, p, _ := net.SplitHostPort(l.Addr().String())
-	return p
-}
+// freePort returns a loopback port no other caller in this test binary got.
+func freePort(t *testing.T) string { return strconv.Itoa(testutil.FreePort(t)) }
 
 // upstreamMsg is a message as the IMAP server holds it.
 type upstreamMsg struct {

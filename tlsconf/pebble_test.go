@@ -15,11 +15,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/popgate/popgate/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -46,34 +46,8 @@ func pebbleBinary(t *testing.T) string {
 	return ""
 }
 
-// handedOut holds the ports freePort already returned in this test binary:
-// the kernel may give a just-closed ephemeral port out again, and two
-// servers told to listen on the same port fail (Pebble's ACME and
-// management listeners did, once).
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a loopback port free at the time of the call and never
-// returned before in this process.
-func freePort(t *testing.T) int {
-	t.Helper()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !handedOut.ports[port] {
-			handedOut.ports[port] = true
-			return port
-		}
-	}
-}
+// freePort returns a loopback port no other caller in this test binary got.
+func freePort(t *testing.T) int { return testutil.FreePort(t) }
 
 // startLoopbackDNS answers every A query with 127.0.0.1 (and AAAA with
 // nothing), so Pebble's validation of any test name reaches loopback.

@@ -18,7 +18,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -154,9 +153,4 @@ func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.M
 	}
 	log.Debug().Dur("took", time.Since(start)).Str("account", sess.accountID).Msg("upstream session")
 	return &Mailbox{b: b, cred: cred, user: c.Username, sess: sess, log: log}, nil
-}
-
-// errf wraps a failure as [SYS/TEMP] with its cause.
-func errf(format string, a ...any) error {
-	return backends.ErrUnavailable.Wrap(fmt.Errorf(format, a...))
 }

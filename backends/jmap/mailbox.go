@@ -336,11 +336,11 @@ func (m *Mailbox) list(ctx context.Context, mailboxID string) (*snapEntry, error
 			}
 		}
 		if total < 0 {
-			return nil, malformed(errors.New("Email/query without total"))
+			return nil, malformed(errors.New("no total in the Email/query response"))
 		}
 	}
 	if getState == "" && total > 0 {
-		return nil, malformed(errors.New("Email/get without state"))
+		return nil, malformed(errors.New("no state in the Email/get response"))
 	}
 	if total == 0 {
 		// Nothing to get: Email/get still reported the state.
@@ -856,7 +856,7 @@ func (m *Mailbox) set(ctx context.Context, ops []setOp, ifInState string) (oldSt
 				}
 			}
 			if len(fails) > 0 {
-				return fmt.Errorf("Email/set refused %d of the changes: %s", len(fails), strings.Join(fails[:min(len(fails), 5)], "; "))
+				return fmt.Errorf("email/set refused %d of the changes: %s", len(fails), strings.Join(fails[:min(len(fails), 5)], "; "))
 			}
 			return nil
 		})

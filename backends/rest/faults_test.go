@@ -365,13 +365,19 @@ func TestBrokenLists(t *testing.T) {
 		"state changes": func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprintf(w, `{"messages":[],"next":%q,"state":"s%s"}`, "c"+r.URL.Query().Get("cursor"), r.URL.Query().Get("cursor"))
 		},
-		"no next":   func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"messages":[],"state":"s"}`) },
-		"bad uidl":  func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"messages":[{"id":"a","size":1,"uidl":"a b"}],"next":null,"state":"s"}`) },
-		"no size":   func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"messages":[{"id":"a"}],"next":null,"state":"s"}`) },
-		"endless":   endless,
-		"not json":  func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `<html>`) },
-		"401":       func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) },
-		"bad state": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"messages":[],"next":null,"state":"a\"b"}`) },
+		"no next": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"messages":[],"state":"s"}`) },
+		"bad uidl": func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"messages":[{"id":"a","size":1,"uidl":"a b"}],"next":null,"state":"s"}`)
+		},
+		"no size": func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"messages":[{"id":"a"}],"next":null,"state":"s"}`)
+		},
+		"endless":  endless,
+		"not json": func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `<html>`) },
+		"401":      func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(401) },
+		"bad state": func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, `{"messages":[],"next":null,"state":"a\"b"}`)
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			f := &fake{}

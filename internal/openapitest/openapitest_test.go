@@ -13,7 +13,9 @@ type recorder struct {
 	errs []string
 }
 
-func (r *recorder) Errorf(format string, a ...any) { r.errs = append(r.errs, fmt.Sprintf(format, a...)) }
+func (r *recorder) Errorf(format string, a ...any) {
+	r.errs = append(r.errs, fmt.Sprintf(format, a...))
+}
 
 // TestCatchesViolations: the validator reports a request and a response
 // that break the contract, and passes conforming ones.

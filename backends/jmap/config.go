@@ -63,7 +63,7 @@ type Config struct {
 	// DialTimeout bounds connecting and the TLS handshake (default 10s).
 	DialTimeout time.Duration
 	// SnapshotCache is how many maildrops' listings are kept (least
-	// recently used evicted); an entry is reused when Email/changes says
+	// recently used evicted); an entry is reused while the account's Email state says
 	// nothing changed since. 0 means DefaultSnapshotCache; negative
 	// disables.
 	SnapshotCache int

@@ -60,7 +60,7 @@ type Options struct {
 	// the session presents them (UIDL migration); its error fails the login
 	// with [SYS/TEMP].
 	UIDLMapper UIDLMapper
-	Logger         zerolog.Logger
+	Logger     zerolog.Logger
 }
 
 // UIDLMapper rewrites the UIDLs of a snapshot just taken from mb, the

@@ -122,7 +122,7 @@ func TestCheckStoreBroken(t *testing.T) {
 			rec := httptest.NewRecorder()
 			next.ServeHTTP(rec, r)
 			if rec.Code == 401 {
-				http.Error(w, "nope", 401)
+				http.Error(w, "nope", http.StatusUnauthorized)
 				return true
 			}
 			for k, v := range rec.Header() {

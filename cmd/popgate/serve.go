@@ -15,6 +15,7 @@ import (
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/imap"
 	"github.com/popgate/popgate/internal/config"
+	"github.com/popgate/popgate/internal/migration"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -98,6 +99,7 @@ type setup struct {
 	tls     *tlsconf.Manager // nil without a tls section
 	tlsCfg  tlsconf.Config
 	options proxy.Options
+	mapper  *migration.Mapper // UIDL migration; kept across reloads while its settings stay
 }
 
 func (r *setup) close() {
@@ -240,6 +242,8 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}
+	rt.mapper = uidlMapper(cfg, log, prev)
+	rt.options.UIDLMapper = rt.mapper
 	return rt, nil
 }
 

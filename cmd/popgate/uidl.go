@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -85,7 +86,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string, stdout io.Writer) (pos []
 
 // loadForUIDL loads the configuration file for a uidl command.
 func loadForUIDL(path string, stderr io.Writer) (*config.Config, bool) {
-	cfg, err := config.Load(path)
+	cfg, err := config.Load(path, storeTypes)
 	if err != nil {
 		printConfigProblems(stderr, path, err)
 		return nil, false
@@ -386,7 +387,7 @@ func runUIDLForget(args []string, stdout, stderr io.Writer) int {
 // backends (the new store), takes a snapshot and matches it against m,
 // as the first login through popgate will. Nothing is changed upstream.
 func matchStatus(cfg *config.Config, m *migration.Map, login, pass string) (migration.Stats, error) {
-	d := &daemon{stderr: io.Discard}
+	d := &daemon{log: zerolog.Nop()}
 	rt, err := d.build(cfg, zerolog.Nop(), nil)
 	if err != nil {
 		return migration.Stats{}, err
@@ -405,7 +406,7 @@ func matchStatus(cfg *config.Config, m *migration.Map, login, pass string) (migr
 	if err != nil {
 		return migration.Stats{}, fmt.Errorf("snapshot: %w", err)
 	}
-	mp := migration.NewMapper(migration.Store{Dir: cfg.Migration.UIDLDir}, nil, 1, zerolog.Nop())
+	mp := migration.NewMapper(migration.Store{Dir: cfg.Migration.UIDLDir}, uidlHeaders(cfg), 1, zerolog.Nop())
 	_, st, err := mp.MapWithStats(ctx, backends.MaildropID(mb, cred), mb, msgs)
 	return st, err
 }
@@ -414,8 +415,20 @@ func matchStatus(cfg *config.Config, m *migration.Map, login, pass string) (migr
 // settings it was made with are unchanged (its header cache survives a
 // reload), else a new one.
 func uidlMapper(cfg *config.Config, log zerolog.Logger, prev *setup) *migration.Mapper {
-	if prev != nil && prev.mapper != nil && prev.cfg.Migration == cfg.Migration {
+	headers := uidlHeaders(cfg)
+	if prev != nil && prev.mapper != nil && prev.cfg.Migration == cfg.Migration && maps.Equal(uidlHeaders(prev.cfg), headers) {
 		return prev.mapper
 	}
-	return migration.NewMapper(migration.Store{Dir: cfg.Migration.UIDLDir}, nil, 0, log)
+	return migration.NewMapper(migration.Store{Dir: cfg.Migration.UIDLDir}, headers, 0, log)
+}
+
+// uidlHeaders maps each backend name to its uidl_header setting.
+func uidlHeaders(cfg *config.Config) map[string]string {
+	h := map[string]string{}
+	for name, b := range cfg.Backends {
+		if s := backends.SharedStoreOf(b.Settings); s != nil && s.UIDLHeader != "" {
+			h[name] = s.UIDLHeader
+		}
+	}
+	return h
 }

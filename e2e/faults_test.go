@@ -79,7 +79,7 @@ var faultToxics = []faultToxic{
 	{"bandwidth", "1 KB/s", toxiproxy.Attributes{"rate": 1}},
 	{"reset_peer", "TCP RST on the next answer", toxiproxy.Attributes{"timeout": 0}},
 	{"timeout", "answers dropped, connection kept open (black hole)", toxiproxy.Attributes{"timeout": 0}},
-	{"slicer", "answers cut into 32–96 octet pieces 10 µs apart", toxiproxy.Attributes{"average_size": 64, "size_variation": 32, "delay": 10}},
+	{"slicer", "answers cut into pieces of 64–192 octets", toxiproxy.Attributes{"average_size": 128, "size_variation": 64, "delay": 0}},
 	{"limit_data", "connection closed after N octets of answer (N per phase)", nil},
 }
 
@@ -438,16 +438,23 @@ type pop3 struct {
 	t  *testing.T
 	c  net.Conn
 	r  *bufio.Reader
-	id string // the client's address: the "remote" of its log lines
+	id string // the client's IP address, in the "remote" of its log lines
 }
 
-func dialPOP3(t *testing.T, addr string) *pop3 {
+// dialFrom connects to addr from source address ip (any of 127.0.0.0/8
+// works on loopback).
+func dialFrom(ip, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return d.Dial("tcp", addr)
+}
+
+func dialPOP3(t *testing.T, ip, addr string) *pop3 {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	c, err := dialFrom(ip, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pop3{t: t, c: c, r: bufio.NewReader(c), id: c.LocalAddr().String()}
+	p := &pop3{t: t, c: c, r: bufio.NewReader(c), id: ip}
 	t.Cleanup(func() { c.Close() })
 	if l, err := p.line(); err != nil || !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("greeting %q %v", l, err)
@@ -536,21 +543,24 @@ func topOf(msg []byte, n int) []byte {
 	return out
 }
 
-// sessionEnds returns the "session end" log lines of the connection from
-// remote.
-func sessionEnds(t *testing.T, logPath, remote string) []map[string]any {
+// sessionEnds returns the "session end" log lines of connections from ip
+// (each case's client has an address of its own in 127.0.0.0/8, so that a
+// reused client port cannot mix two connections up).
+func sessionEnds(t *testing.T, logPath, ip string) []map[string]any {
 	raw, err := os.ReadFile(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []map[string]any
 	for _, l := range bytes.Split(raw, []byte("\n")) {
-		if !bytes.Contains(l, []byte(`"session end"`)) || !bytes.Contains(l, []byte(remote)) {
+		if !bytes.Contains(l, []byte(`"session end"`)) || !bytes.Contains(l, []byte(`"`+ip+`:`)) {
 			continue
 		}
 		var m map[string]any
-		if err := json.Unmarshal(l, &m); err == nil && m["message"] == "session end" && m["remote"] == remote {
-			out = append(out, m)
+		if err := json.Unmarshal(l, &m); err == nil && m["message"] == "session end" {
+			if r, _ := m["remote"].(string); strings.HasPrefix(r, ip+":") {
+				out = append(out, m)
+			}
 		}
 	}
 	return out
@@ -559,9 +569,9 @@ func sessionEnds(t *testing.T, logPath, remote string) []map[string]any {
 // bystander runs a whole session for user on g (login, RETR 1, QUIT) while
 // a fault is active elsewhere, checks it, and logs its latencies. It runs
 // in its own goroutine, so it reports with Errorf only.
-func bystander(t *testing.T, g *gateway, user, pass string, msg []byte) {
+func bystander(t *testing.T, g *gateway, ip, user, pass string, msg []byte) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp", g.addr, 10*time.Second)
+	c, err := dialFrom(ip, g.addr)
 	if err != nil {
 		t.Errorf("bystander: %v", err)
 		return
@@ -630,7 +640,7 @@ func TestFaultMatrix(t *testing.T) {
 
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
-	for _, c := range cases {
+	for i, c := range cases {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -641,14 +651,15 @@ func TestFaultMatrix(t *testing.T) {
 				if c.phase.name == "retr" || c.phase.name == "top" {
 					msgs[1] = big
 				}
-				runFaultCase(t, g, c, proxies[c.user()], caseRelay[c.user()], msgs, small[0].Raw)
+				ip := fmt.Sprintf("127.0.1.%d", i+1)
+				runFaultCase(t, g, c, ip, proxies[c.user()], caseRelay[c.user()], msgs, small[0].Raw)
 			})
 		}()
 	}
 	wg.Wait()
 }
 
-func runFaultCase(t *testing.T, g *gateway, c faultCase, px *toxiproxy.Proxy, relay *phaseRelay, msgs [][]byte, byMsg []byte) {
+func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiproxy.Proxy, relay *phaseRelay, msgs [][]byte, byMsg []byte) {
 	user, pass := c.user(), dc.Password(c.user())
 	appendAll(t, user, msgs)
 	appendAll(t, "by-"+user, [][]byte{byMsg})
@@ -660,7 +671,7 @@ func runFaultCase(t *testing.T, g *gateway, c faultCase, px *toxiproxy.Proxy, re
 			t.Errorf("adding toxic: %v", err)
 		}
 		by.Add(1)
-		go func() { defer by.Done(); bystander(t, g, "by-"+user, dc.Password("by-"+user), byMsg) }()
+		go func() { defer by.Done(); bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), "by-"+user, dc.Password("by-"+user), byMsg) }()
 	}
 	arm := func() {
 		if c.phase.trigger == "" {
@@ -682,7 +693,7 @@ func runFaultCase(t *testing.T, g *gateway, c faultCase, px *toxiproxy.Proxy, re
 		}
 	}
 
-	p := dialPOP3(t, g.addr)
+	p := dialPOP3(t, ip, g.addr)
 	if l := p.cmd("USER %s", user); !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("USER: %s", l)
 	}

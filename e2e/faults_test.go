@@ -671,7 +671,10 @@ func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiprox
 			t.Errorf("adding toxic: %v", err)
 		}
 		by.Add(1)
-		go func() { defer by.Done(); bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), "by-"+user, dc.Password("by-"+user), byMsg) }()
+		go func() {
+			defer by.Done()
+			bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), "by-"+user, dc.Password("by-"+user), byMsg)
+		}()
 	}
 	arm := func() {
 		if c.phase.trigger == "" {

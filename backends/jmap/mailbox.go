@@ -230,7 +230,7 @@ type emailItem struct {
 // one queryState and one Email state, else errRelist.
 func (m *Mailbox) list(ctx context.Context, mailboxID string) (*snapEntry, error) {
 	filter := map[string]any{"inMailbox": mailboxID}
-	if m.b.cfg.Delete.Policy == PolicyFlag {
+	if m.b.cfg.Delete.Policy == backends.PolicyFlag {
 		filter["notKeyword"] = m.b.cfg.Delete.Keyword
 	}
 	sort := []map[string]any{{"property": "receivedAt", "isAscending": true}}
@@ -571,7 +571,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 		}
 		ids = append(ids, id)
 	}
-	if m.b.cfg.Delete.Policy == PolicyKeep {
+	if m.b.cfg.Delete.Policy == backends.PolicyKeep {
 		ids = nil
 	}
 	err := m.commit(ctx, ids)
@@ -613,7 +613,7 @@ func (m *Mailbox) commitOnce(ctx context.Context, ids []string) error {
 	ifInState := ""
 	dropped := map[string]bool{}
 	switch m.b.cfg.Delete.Policy {
-	case PolicyExpunge:
+	case backends.PolicyExpunge:
 		if len(ids) > 0 {
 			where, state, err := m.mailboxesOf(ctx, ids)
 			if err != nil {
@@ -640,7 +640,7 @@ func (m *Mailbox) commitOnce(ctx context.Context, ids []string) error {
 				}
 			}
 		}
-	case PolicyMove:
+	case backends.PolicyMove:
 		if len(ids) > 0 {
 			target, err := m.folder(ctx)
 			if err != nil {
@@ -656,7 +656,7 @@ func (m *Mailbox) commitOnce(ctx context.Context, ids []string) error {
 				dropped[id] = true
 			}
 		}
-	case PolicyFlag:
+	case backends.PolicyFlag:
 		for _, id := range ids {
 			p := map[string]any{"keywords/" + ptrEscape(m.b.cfg.Delete.Keyword): true}
 			if seen[id] {

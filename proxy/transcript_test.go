@@ -18,19 +18,6 @@ func TestAuthorizationState(t *testing.T) {
 	}})
 	c := e.dialReady()
 	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: USER
-		S: SASL PLAIN LOGIN
-		S: LOGIN-DELAY 90
-		S: EXPIRE NEVER
-		S: IMPLEMENTATION popgate-test
-		S: .
 		C: CAPA extra
 		S: -ERR CAPA takes no argument
 		C: STAT
@@ -103,15 +90,6 @@ func TestTransactionState(t *testing.T) {
 	u3 := e.be.Append("alice", []byte("C: 3\r\n\r\n"))             // 8 octets
 	c := e.login("alice", "secret pw")
 	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: IMPLEMENTATION popgate
-		S: .
 		C: STAT
 		S: +OK 3 37
 		C: STAT 1

@@ -343,18 +343,15 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 	}
 	bp := copyBufPool.Get().(*[]byte)
 	buf := *bp
-	release := func() {
-		copyBufPool.Put(bp)
-		rc.Close()
-		cancel()
-	}
 
 	n, rerr := 0, error(nil)
 	for tries := 0; n == 0 && rerr == nil && tries < 100; tries++ {
 		n, rerr = src.Read(buf)
 	}
 	if rerr != nil && rerr != io.EOF {
-		release()
+		copyBufPool.Put(bp)
+		rc.Close()
+		cancel()
 		return reply{}, ss.backendError("read", rerr)
 	}
 	text := "top of message follows"
@@ -362,7 +359,11 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		text = strconv.FormatInt(m.Size, 10) + " octets"
 	}
 	return reply{text: text, then: func() error {
-		defer release()
+		defer func() {
+			copyBufPool.Put(bp)
+			rc.Close()
+			cancel()
+		}()
 		body := dotWriter{w: ss.conn.w}
 		_, err := body.Write(buf[:n])
 		if err == nil && rerr == nil {

@@ -4,12 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,11 +26,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "popgate")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building popgate:", err)
+	binary, err = testutil.BuildPopgate(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -45,85 +40,27 @@ func TestMain(m *testing.M) {
 // syncBuffer collects output written by other goroutines.
 type syncBuffer = testutil.SyncBuffer
 
-// proc is a running popgate.
+// proc is a running popgate (testutil.Proc under the names these tests use).
 type proc struct {
-	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
-	done           chan struct{}
-	code           int
+	*testutil.Proc
+	stdout, stderr *syncBuffer
 }
 
-// startPopgate runs the binary with args; t.Cleanup kills it if it is still
-// running.
+// startPopgate runs the binary with args; it is killed at the end of the
+// test if it is still running.
 func startPopgate(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			p.code = ee.ExitCode()
-		} else if err != nil {
-			p.code = -1
-		}
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("popgate stdout:\n%s\npopgate stderr:\n%s", p.stdout.String(), p.stderr.String())
-		}
-	})
-	return p
+	p := testutil.StartProc(t, testutil.ProcOptions{}, binary, args...)
+	return &proc{Proc: p, stdout: &p.Stdout, stderr: &p.Stderr}
 }
 
 // waitLog waits until stdout+stderr holds want n times.
-func (p *proc) waitLog(t *testing.T, want string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
-			return
-		}
-		select {
-		case <-p.done:
-			if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
-				return
-			}
-			t.Fatalf("popgate exited (status %d) before logging %q", p.code, want)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("popgate did not log %q within 60s", want)
-}
+func (p *proc) waitLog(t *testing.T, want string, n int) { t.Helper(); p.WaitLog(t, want, n) }
 
 // wait waits for the process to exit and returns its status.
-func (p *proc) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(90 * time.Second):
-		t.Fatalf("popgate did not exit")
-		return -1
-	}
-}
+func (p *proc) wait(t *testing.T) int { t.Helper(); return p.Wait(t) }
 
-func (p *proc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-}
+func (p *proc) signal(t *testing.T, sig syscall.Signal) { t.Helper(); p.Signal(t, sig) }
 
 // runPopgate runs the binary to its end and returns status, stdout, stderr.
 func runPopgate(t *testing.T, args ...string) (int, string, string) {
@@ -133,15 +70,11 @@ func runPopgate(t *testing.T, args ...string) (int, string, string) {
 	return code, p.stdout.String(), p.stderr.String()
 }
 
-// freeAddr returns a loopback address with a port free right now.
+// freeAddr returns a loopback address with a port free right now that no
+// other caller in this test binary got.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 }
 
 // writeCert writes a self-signed certificate for 127.0.0.1 and returns the

@@ -72,7 +72,7 @@ func (ss *session) cmdAPOP(args) (reply, error) {
 //  2. Backend.Login: the store checks the credentials (-ERR [AUTH] through
 //     authFailed when it refuses them);
 //  3. Locker.TryLock on the maildrop (-ERR [IN-USE] when held), then
-//     Mailbox.Snapshot.
+//     Mailbox.Snapshot, rewritten by Options.UIDLMapper when set.
 func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.conn.lr.wipe() // the line held the password or the SASL response
 	c.RemoteAddr = ss.conn.raw.RemoteAddr()
@@ -95,7 +95,8 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		ss.log.Error().Str("user", c.Username).Msg("backend returned no mailbox and no error")
 		return reply{}, refusal(backends.CodeSysTemp, "internal error, try again later")
 	}
-	unlock, err := ss.o.Locker.TryLock(ctx, backends.MaildropID(mb, c))
+	key := backends.MaildropID(mb, c)
+	unlock, err := ss.o.Locker.TryLock(ctx, key)
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
@@ -108,6 +109,9 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock = mb, unlock
 	msgs, err := mb.Snapshot(ctx)
+	if err == nil && ss.o.UIDLMapper != nil {
+		msgs, err = ss.o.UIDLMapper.MapUIDLs(ctx, key, mb, msgs)
+	}
 	var snap *snapshot
 	if err == nil {
 		snap, err = newSnapshot(msgs) // the backend's slice is garbage from here on

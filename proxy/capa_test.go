@@ -1,12 +1,13 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"net"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 // CAPA answers (RFC 2449 §5) in every state, listener and TLS situation,
@@ -78,22 +79,22 @@ func TestCAPA(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() { conn.Close() })
-				c = &client{t: t, c: conn, r: bufio.NewReader(conn)}
-				c.expectPrefix("+OK")
+				c = testutil.NewPOP3(t, conn)
+				c.ExpectPrefix("+OK")
 			} else {
 				c = e.dialReady()
 			}
 			if tc.stls {
-				c.cmdPrefix("STLS", "+OK begin TLS negotiation")
-				c.startTLS(pool)
+				c.CmdPrefix("STLS", "+OK begin TLS negotiation")
+				startTLS(c, pool)
 			}
 			if tc.loggedIn {
-				c.cmdPrefix("USER alice", "+OK")
-				c.cmdPrefix("PASS secret pw", "+OK")
+				c.CmdPrefix("USER alice", "+OK")
+				c.CmdPrefix("PASS secret pw", "+OK")
 			}
-			c.send("CAPA")
-			c.expect("+OK capability list follows")
-			if got := c.multi(); !reflect.DeepEqual(got, tc.want) {
+			c.Send("CAPA")
+			c.Expect("+OK capability list follows")
+			if got := c.Multi(); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("CAPA =\n%q\nwant\n%q", got, tc.want)
 			}
 		})

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/tls"
 	"fmt"
-	"net"
 	"os"
-	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/popgate/popgate/internal/testutil"
 
@@ -92,104 +87,30 @@ func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-// pop3 is a minimal POP3 client for the tests.
-type pop3 struct {
-	t  *testing.T
-	c  net.Conn
-	r  *bufio.Reader
-	tr []string // transcript, for failures
-}
+// pop3 is the shared POP3 test client under the names these tests use.
+type pop3 struct{ *testutil.POP3 }
 
-// dialPOP3 connects; implicit selects POP3S. The certificate is not verified
-// (the tests' certificates are self-signed).
+// insecure accepts the tests' self-signed certificates.
+var insecure = &tls.Config{InsecureSkipVerify: true}
+
+// dialPOP3 connects and reads the +OK greeting; implicit selects POP3S.
 func dialPOP3(t *testing.T, addr string, implicit bool) *pop3 {
 	t.Helper()
-	var c net.Conn
-	var err error
-	d := &net.Dialer{Timeout: 10 * time.Second}
+	var c *testutil.POP3
 	if implicit {
-		c, err = tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		c = testutil.DialPOP3S(t, addr, insecure)
 	} else {
-		c, err = d.Dial("tcp", addr)
+		c = testutil.DialPOP3(t, addr)
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	p := &pop3{t: t, c: c, r: bufio.NewReader(c)}
-	t.Cleanup(func() { c.Close() })
-	if g := p.line(); !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting %q", g)
-	}
-	return p
+	c.ExpectPrefix("+OK")
+	return &pop3{c}
 }
 
-func (p *pop3) line() string {
-	p.t.Helper()
-	s, err := p.r.ReadString('\n')
-	if err != nil {
-		p.t.Fatalf("reading from popgate: %v (transcript %q)", err, p.tr)
-	}
-	s = strings.TrimRight(s, "\r\n")
-	p.tr = append(p.tr, "S: "+s)
-	return s
-}
-
-// cmd sends a command and returns the status line.
-func (p *pop3) cmd(line string) string {
-	p.t.Helper()
-	p.tr = append(p.tr, "C: "+line)
-	if _, err := p.c.Write([]byte(line + "\r\n")); err != nil {
-		p.t.Fatalf("writing %q: %v", line, err)
-	}
-	return p.line()
-}
-
-// ok sends a command that must succeed.
-func (p *pop3) ok(line string) string {
-	p.t.Helper()
-	s := p.cmd(line)
-	if !strings.HasPrefix(s, "+OK") {
-		p.t.Fatalf("%s: %q (transcript %q)", line, s, p.tr)
-	}
-	return s
-}
-
-// multi sends a command with a multi-line answer and returns the body,
-// dot-unstuffed, lines ending in CRLF.
-func (p *pop3) multi(line string) []byte {
-	p.t.Helper()
-	p.ok(line)
-	var b bytes.Buffer
-	for {
-		s, err := p.r.ReadString('\n')
-		if err != nil {
-			p.t.Fatalf("reading the answer to %q: %v", line, err)
-		}
-		if s == ".\r\n" {
-			return b.Bytes()
-		}
-		b.WriteString(strings.TrimPrefix(s, ".")) // RFC 1939 §3: byte-stuffed lines
-	}
-}
-
-// login by USER/PASS.
-func (p *pop3) login(user, pass string) {
-	p.t.Helper()
-	p.ok("USER " + user)
-	p.ok("PASS " + pass)
-}
-
-// stls upgrades a plain connection (RFC 2595).
-func (p *pop3) stls() {
-	p.t.Helper()
-	p.ok("STLS")
-	tc := tls.Client(p.c, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		p.t.Fatal(err)
-	}
-	p.c, p.r = tc, bufio.NewReader(tc)
-}
+func (p *pop3) cmd(line string) string   { p.T().Helper(); return p.Cmd(line) }
+func (p *pop3) ok(line string) string    { p.T().Helper(); return p.OK(line) }
+func (p *pop3) multi(line string) []byte { p.T().Helper(); return p.Fetch(line) }
+func (p *pop3) login(user, pass string)  { p.T().Helper(); p.Login(user, pass) }
+func (p *pop3) stls()                    { p.T().Helper(); p.STLS(insecure) }
 
 // imapCount returns the number of messages in user's INBOX, asked over IMAP.
 func imapCount(t *testing.T, addr, user, pass string) int {

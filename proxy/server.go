@@ -36,11 +36,15 @@ type Options struct {
 	// may be swapped through GetCertificate (reload).
 	TLSConfig *tls.Config
 	// AllowPlaintext allows USER/PASS and AUTH PLAIN/LOGIN before TLS.
-	AllowPlaintext   bool
-	IdleTimeout      time.Duration // TRANSACTION idle; default 10m (RFC 1939 §3 minimum)
-	LoginTimeout     time.Duration // before login (and TLS handshakes); default 60s
-	WriteTimeout     time.Duration // deadline per write; default 60s
-	CommandTimeout   time.Duration // deadline of each backend call (Login/Snapshot/Open/Commit); default 60s
+	AllowPlaintext bool
+	IdleTimeout    time.Duration // TRANSACTION idle; default 10m (RFC 1939 §3 minimum)
+	LoginTimeout   time.Duration // before login (and TLS handshakes); default 60s
+	WriteTimeout   time.Duration // deadline per write; default 60s
+	// CommandTimeout is the deadline of each backend call (Login, TryLock,
+	// Snapshot, UIDLMapper, Open, Commit: each its own), and the longest a
+	// message stream may wait for data from the store (then the client is
+	// disconnected, never given a terminator); default 60s.
+	CommandTimeout   time.Duration
 	AuthFailureDelay time.Duration // default 2s; negative: no delay
 	MaxAuthFailures  int           // per connection, default 3
 	// MaxErrors closes the connection after this many consecutive protocol

@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/backends"
+)
+
+// Issue 13, the proxy defects found in reading the code.
+
+// slowBackend makes Login and Snapshot each take delay (or end with their
+// context, as a store client does).
+type slowBackend struct {
+	backends.Backend
+	delay time.Duration
+}
+type slowBox struct {
+	backends.Mailbox
+	delay time.Duration
+}
+
+func wait(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s slowBackend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
+	if err := wait(ctx, s.delay); err != nil {
+		return nil, err
+	}
+	mb, err := s.Backend.Login(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return slowBox{mb, s.delay}, nil
+}
+
+func (s slowBox) Snapshot(ctx context.Context) ([]backends.Message, error) {
+	if err := wait(ctx, s.delay); err != nil {
+		return nil, err
+	}
+	return s.Mailbox.Snapshot(ctx)
+}
+
+// Defect 1: CommandTimeout bounds each backend call of the login (Login,
+// TryLock, Snapshot), as Options documents, not the three together. Each
+// call here takes 60% of it.
+func TestCommandTimeoutPerLoginCall(t *testing.T) {
+	const timeout = 2 * time.Second
+	e := newEnv(t, envConfig{opts: func(o *Options) {
+		o.CommandTimeout = timeout
+		o.Backend = slowBackend{o.Backend, timeout * 6 / 10}
+	}})
+	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
+	c := e.dialReady()
+	c.Script(`
+		C: USER alice
+		S: +OK send PASS
+		C: PASS secret pw
+		S: +OK maildrop has 1 messages (11 octets)
+		C: QUIT
+		S: +OK bye
+	`)
+}
+
+// stallBox delivers the first `after` octets of each message, then its
+// reader blocks until the context given to Open ends (a stalled HTTP body).
+type stallBackend struct {
+	backends.Backend
+	after int
+}
+type stallBox struct {
+	backends.Mailbox
+	after int
+}
+type stallReader struct {
+	ctx  context.Context
+	rest io.Reader
+}
+
+func (s stallBackend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
+	mb, err := s.Backend.Login(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return stallBox{mb, s.after}, nil
+}
+
+func (s stallBox) Open(ctx context.Context, m backends.Message, lines int) (io.ReadCloser, error) {
+	rc, err := s.Mailbox.Open(ctx, m, lines)
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(rc, int64(s.after)), &stallReader{ctx: ctx}), rc}, nil
+}
+
+func (s *stallReader) Read([]byte) (int, error) {
+	<-s.ctx.Done()
+	return 0, s.ctx.Err()
+}
+
+// Defect 2: a store that stops sending in the middle of a message. After
+// CommandTimeout without progress the client is disconnected, never given
+// a terminator; before +OK it gets -ERR [SYS/TEMP]. Other sessions go on.
+func TestStalledMessageStream(t *testing.T) {
+	for _, after := range []int{5, 0} {
+		e := newEnv(t, envConfig{opts: func(o *Options) {
+			o.CommandTimeout = 300 * time.Millisecond
+			o.Backend = stallBackend{o.Backend, after}
+		}})
+		e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
+		e.be.Append("bob", []byte("S: 2\r\n\r\ny\r\n"))
+		c := e.login("alice", "secret pw")
+		c.Send("RETR 1")
+		if after == 0 {
+			c.Expect("-ERR [SYS/TEMP] internal error, try again later")
+			c.Script(`
+				C: NOOP
+				S: +OK
+			`)
+			continue
+		}
+		// What arrives before the close (the answer may still sit in the
+		// write buffer) is at most the +OK and the 5 octets, never a
+		// terminator.
+		if got := string(c.ReadToClose()); !strings.HasPrefix("+OK 11 octets\r\nS: 1\r", got) {
+			t.Fatalf("after a stalled stream got %q, want a prefix of the +OK and the 5 octets sent, and no terminator", got)
+		}
+		eventually(t, "stall logged", func() bool {
+			return strings.Contains(e.logs.String(), "message stream stalled")
+		})
+		e.login("bob", "hunter2")
+	}
+}

@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 // Issue 13, the proxy defects found in reading the code.
@@ -143,5 +145,35 @@ func TestStalledMessageStream(t *testing.T) {
 			return strings.Contains(e.logs.String(), "message stream stalled")
 		})
 		e.login("bob", "hunter2")
+	}
+}
+
+// Defect 4: Update refuses options that Serve would refuse for a listener
+// being served, and keeps the options in use (a nil TLSConfig used to
+// become a "session panicked" at the next connection).
+func TestUpdateRefusesOptionsTheListenersCannotUse(t *testing.T) {
+	e, pool := tlsEnv(t, TLSImplicit, false)
+	eventually(t, "listener registered", func() bool {
+		e.srv.mu.Lock()
+		defer e.srv.mu.Unlock()
+		return len(e.srv.listeners) == 1
+	})
+	for name, change := range map[string]func(*Options){
+		"no TLSConfig":  func(o *Options) { o.TLSConfig = nil },
+		"no Backend":    func(o *Options) { o.Backend = nil },
+		"EXPIRE soon":   func(o *Options) { o.Expire = "soon" },
+		"line break in": func(o *Options) { o.Implementation = "x\r\nSTLS" },
+	} {
+		o := e.opts
+		change(&o)
+		if err := e.srv.Update(o); err == nil {
+			t.Errorf("Update with %s succeeded", name)
+		}
+	}
+	c := testutil.DialPOP3S(t, e.addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	c.Expect("+OK POP3 server ready")
+	c.Login("alice", "secret pw")
+	if strings.Contains(e.logs.String(), "panicked") {
+		t.Fatalf("a session panicked:\n%s", e.logs)
 	}
 }

@@ -112,6 +112,17 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// check reports options that cannot serve a listener of mode lc.TLS.
+func (o Options) check(lc ListenerConfig) error {
+	if o.Backend == nil {
+		return errors.New("proxy: Options.Backend is nil")
+	}
+	if lc.TLS != TLSNone && o.TLSConfig == nil {
+		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
+	}
+	return o.validate()
+}
+
 // validate checks the options that would otherwise produce a wrong CAPA.
 func (o Options) validate() error {
 	// RFC 2449 §6.7: EXPIRE is "NEVER" or a number of days.
@@ -143,7 +154,7 @@ type Server struct {
 	mu        sync.Mutex
 	opts      Options
 	closing   bool
-	listeners map[net.Listener]struct{}
+	listeners map[net.Listener]ListenerConfig
 	sessions  map[*session]struct{}
 	total     int            // connections counted against MaxConns
 	perIP     map[string]int // connections per client IP
@@ -159,7 +170,7 @@ func New(opts Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		localLock: lock.NewLocal(),
-		listeners: map[net.Listener]struct{}{},
+		listeners: map[net.Listener]ListenerConfig{},
 		sessions:  map[*session]struct{}{},
 		perIP:     map[string]int{},
 		baseCtx:   ctx,
@@ -179,12 +190,24 @@ func (s *Server) normalize(o Options) Options {
 
 // Update replaces the options (SIGHUP reload): new sessions use opts, open
 // sessions keep the options they started with. Connection limits apply to
-// connections accepted after the call.
-func (s *Server) Update(opts Options) {
+// connections accepted after the call. Options that Serve would refuse for
+// one of the listeners being served (no Backend, no TLSConfig for a TLS
+// listener, a bad Expire) are refused with an error, and the options in
+// use stay.
+func (s *Server) Update(opts Options) error {
 	o := s.normalize(opts)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := o.check(ListenerConfig{TLS: TLSNone}); err != nil {
+		return err
+	}
+	for _, lc := range s.listeners {
+		if err := o.check(lc); err != nil {
+			return err
+		}
+	}
 	s.opts = o
-	s.mu.Unlock()
+	return nil
 }
 
 func (s *Server) options() Options {
@@ -204,22 +227,17 @@ func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
 	default:
 		return fmt.Errorf("proxy: listener %q: unknown TLS mode %q", lc.Name, lc.TLS)
 	}
-	o := s.options()
-	if o.Backend == nil {
-		return errors.New("proxy: Options.Backend is nil")
-	}
-	if lc.TLS != TLSNone && o.TLSConfig == nil {
-		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
-	}
-	if err := o.validate(); err != nil {
+	s.mu.Lock()
+	o := s.opts
+	if err := o.check(lc); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.listeners[l] = struct{}{}
+	s.listeners[l] = lc
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -175,5 +177,43 @@ func TestUpdateRefusesOptionsTheListenersCannotUse(t *testing.T) {
 	c.Login("alice", "secret pw")
 	if strings.Contains(e.logs.String(), "panicked") {
 		t.Fatalf("a session panicked:\n%s", e.logs)
+	}
+}
+
+// Defect 3: connections over the limit are refused in the accept loop: no
+// goroutine each and, on an implicit-TLS listener, no handshake (a client
+// that never sends a ClientHello used to hold a goroutine for 10 s).
+func TestRefusalsCostNoGoroutine(t *testing.T) {
+	e, pool := tlsEnv(t, TLSImplicit, false)
+	o := e.opts
+	o.MaxConns = 1
+	if err := e.srv.Update(o); err != nil {
+		t.Fatal(err)
+	}
+	held := testutil.DialPOP3S(t, e.addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	held.Expect("+OK POP3 server ready")
+	before := runtime.NumGoroutine()
+	const flood = 50
+	var conns []*client
+	for i := 0; i < flood; i++ {
+		nc, err := net.DialTimeout("tcp", e.addr, ioTimeout) // plain TCP, no ClientHello
+		if err != nil {
+			continue // reset already: refused
+		}
+		conns = append(conns, testutil.NewPOP3(t, nc))
+	}
+	eventually(t, "all accepted", func() bool { return e.srv.nextID.Load() == 1+flood })
+	if n := runtime.NumGoroutine(); n > before+flood/5 {
+		t.Fatalf("%d goroutines for %d refused connections (%d before)", n, flood, before)
+	}
+	for _, c := range conns {
+		c.ExpectClosed()
+	}
+	held.Script(`
+		C: CAPA
+		S: +OK capability list follows*
+	`)
+	if n := strings.Count(e.logs.String(), "connection limit reached"); n < 1 || n > 2 {
+		t.Errorf("%d refusal log lines for %d refusals, want them aggregated", n, flood)
 	}
 }

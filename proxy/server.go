@@ -158,6 +158,7 @@ type Server struct {
 	sessions  map[*session]struct{}
 	total     int            // connections counted against MaxConns
 	perIP     map[string]int // connections per client IP
+	refused   refusalLog
 	wg        sync.WaitGroup // session and rejection goroutines
 
 	nextID    atomic.Uint64
@@ -282,12 +283,13 @@ func (s *Server) accept(nc net.Conn, lc ListenerConfig) {
 	o := s.opts
 	id := s.nextID.Add(1)
 	over := (o.MaxConns > 0 && s.total >= o.MaxConns) || (o.MaxConnsPerIP > 0 && s.perIP[ip] >= o.MaxConnsPerIP)
-	s.wg.Add(1)
 	if over {
+		logNow := s.refused.count(time.Now())
 		s.mu.Unlock()
-		go s.reject(nc, lc, o, id)
+		s.reject(nc, lc, o, id, logNow)
 		return
 	}
+	s.wg.Add(1)
 	s.total++
 	s.perIP[ip]++
 	ss := newSession(s, nc, lc, o, id)
@@ -310,22 +312,50 @@ func (s *Server) release(ss *session, ip string) {
 	}
 }
 
-// reject answers a connection over the limits and closes it.
-func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64) {
-	defer s.wg.Done()
+// rejectWrite bounds the one write to a refused connection. It never
+// blocks in practice: a new socket's send buffer is empty.
+const rejectWrite = 100 * time.Millisecond
+
+// reject refuses a connection over the limits in the accept loop itself,
+// so that a flood costs no goroutine and no buffer: a plain or STLS
+// listener answers "-ERR [SYS/TEMP] too many connections" (RFC 2449 §8,
+// RFC 3206 §5); an implicit-TLS listener closes the connection at once, as
+// that answer would cost a TLS handshake per refused connection. The log
+// line comes at most once a second, with the number refused (n) since the
+// last one; n is 0 when this refusal is not to be logged.
+func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64, n int) {
 	defer nc.Close()
-	log := o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
-	log.Warn().Msg("connection limit reached, connection refused")
-	c := nc
-	_ = nc.SetDeadline(time.Now().Add(min(o.WriteTimeout, 10*time.Second)))
-	if lc.TLS == TLSImplicit {
-		tc := tls.Server(nc, o.TLSConfig)
-		if err := tc.Handshake(); err != nil {
-			return
-		}
-		c = tc
+	if n > 0 {
+		o.Logger.Warn().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).
+			Int("refused", n).Int("max_connections", o.MaxConns).Int("max_connections_per_ip", o.MaxConnsPerIP).
+			Msg("connection limit reached, connection refused")
 	}
-	_, _ = c.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+	if lc.TLS == TLSImplicit {
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // reset: nothing is buffered for this peer
+		}
+		return
+	}
+	_ = nc.SetWriteDeadline(time.Now().Add(rejectWrite))
+	_, _ = nc.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+}
+
+// refusalLog aggregates the refusal log lines: one a second at most.
+type refusalLog struct {
+	last    time.Time
+	pending int // refused since the last line
+}
+
+// count records a refusal and returns how many to report now, or 0 if
+// this one is only counted. The caller holds Server.mu.
+func (r *refusalLog) count(now time.Time) int {
+	r.pending++
+	if now.Sub(r.last) < time.Second {
+		return 0
+	}
+	n := r.pending
+	r.last, r.pending = now, 0
+	return n
 }
 
 // Sessions returns the number of open client connections (for metrics and

@@ -87,10 +87,7 @@ type stallBox struct {
 	backends.Mailbox
 	after int
 }
-type stallReader struct {
-	ctx  context.Context
-	rest io.Reader
-}
+type stallReader struct{ ctx context.Context }
 
 func (s stallBackend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
 	mb, err := s.Backend.Login(ctx, c)

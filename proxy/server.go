@@ -211,11 +211,6 @@ func (s *Server) Update(opts Options) error {
 	return nil
 }
 
-func (s *Server) options() Options {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.opts
-}
 
 // Serve accepts connections on l until Shutdown (it then returns
 // ErrServerClosed) or until l fails. It closes l when it returns.

@@ -211,7 +211,6 @@ func (s *Server) Update(opts Options) error {
 	return nil
 }
 
-
 // Serve accepts connections on l until Shutdown (it then returns
 // ErrServerClosed) or until l fails. It closes l when it returns.
 func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {

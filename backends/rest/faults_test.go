@@ -27,7 +27,7 @@ type fake struct {
 	bodies   []string
 }
 
-func serveFake(t *testing.T, f *fake) string {
+func serveFake(t testing.TB, f *fake) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

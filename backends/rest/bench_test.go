@@ -35,7 +35,7 @@ func BenchmarkSnapshot100k(b *testing.B) {
 	f := &fake{}
 	f.on("GET /messages", func(w http.ResponseWriter, r *http.Request) { w.Write(page.Bytes()) })
 	u := serveFake(b, f)
-	be, err := rest.New(rest.Config{URL: u, SnapshotCache: -1}, zerolog.Nop())
+	be, err := rest.New(cfg(u, func(c *rest.Config) { c.SnapshotCache = 0 }), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func BenchmarkIdleSessionHeap(b *testing.B) {
 		root.Deliver(b, "u", []byte(fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i)))
 	}
 	u := root.Serve(b, store.Options{}, nil)
-	be, err := rest.New(rest.Config{URL: u}, zerolog.Nop())
+	be, err := rest.New(cfg(u), zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -312,7 +312,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 		return backends.ErrUnavailable.Wrap(errors.New("the store ended the session"))
 	}
 	var del []string
-	if m.b.cfg.DeletePolicy != PolicyKeep {
+	if m.b.cfg.Delete.Policy != backends.PolicyKeep {
 		for _, d := range deleted {
 			del = append(del, d.Ref)
 		}

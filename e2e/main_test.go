@@ -134,19 +134,6 @@ func startGateway(t *testing.T, secrets ...string) *gateway {
 	if *reference {
 		return &gateway{addr: dc.POP3Addr()}
 	}
-	return startPopgate(t, fmt.Sprintf(`    type: imap
-    address: "%s"
-    tls: none
-    delete:
-      policy: expunge
-`, dc.Addr()), secrets...)
-}
-
-// startPopgate runs popgate serve with one backend, "upstream", whose
-// section (indented by four spaces) is backend, and every login routed to
-// it.
-func startPopgate(t *testing.T, backend string, secrets ...string) *gateway {
-	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	g := &gateway{addr: "127.0.0.1:" + port, logPath: filepath.Join(dir, "popgate.log"), secrets: secrets}
@@ -155,17 +142,29 @@ listeners:
   - address: "%s"
     tls: none
 backends:
-  upstream:
-%sroutes:
+  dovecot:
+    type: imap
+    address: "%s"
+    tls: none
+    delete:
+      policy: expunge
+routes:
   - match: "*"
-    backend: upstream
+    backend: dovecot
 auth:
   allow_plaintext: true
   failure_delay: 0s
 log:
   level: debug
   format: json
-`, g.addr, backend)
+`, g.addr, dc.Addr())
+	return runGateway(t, g, dir, conf)
+}
+
+// runGateway starts popgate serve with configuration conf (written to
+// dir) for g, until the end of t, and waits for its greeting.
+func runGateway(t *testing.T, g *gateway, dir, conf string) *gateway {
+	t.Helper()
 	confPath := filepath.Join(dir, "popgate.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -330,3 +330,29 @@ func TestRestPoplib(t *testing.T) {
 		t.Errorf("left: %v", left)
 	}
 }
+
+// startPopgate runs popgate serve with one backend, "upstream", whose
+// section (indented by four spaces) is backend, and every login routed to
+// it.
+func startPopgate(t *testing.T, backend string, secrets ...string) *gateway {
+	t.Helper()
+	dir := t.TempDir()
+	g := &gateway{addr: "127.0.0.1:" + freePort(t), logPath: filepath.Join(dir, "popgate.log"), secrets: secrets}
+	conf := fmt.Sprintf(`# popgate e2e configuration (rest)
+listeners:
+  - address: "%s"
+    tls: none
+backends:
+  upstream:
+%sroutes:
+  - match: "*"
+    backend: upstream
+auth:
+  allow_plaintext: true
+  failure_delay: 0s
+log:
+  level: debug
+  format: json
+`, g.addr, backend)
+	return runGateway(t, g, dir, conf)
+}

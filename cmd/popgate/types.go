@@ -5,6 +5,7 @@ import (
 	"github.com/popgate/popgate/backends/demo"
 	"github.com/popgate/popgate/backends/imap"
 	"github.com/popgate/popgate/backends/jmap"
+	"github.com/popgate/popgate/backends/rest"
 )
 
 // storeTypes are the store types a backend section may name in its type
@@ -14,5 +15,6 @@ import (
 var storeTypes = backends.NewRegistry(
 	imap.Type, // IMAP4rev1 server (Dovecot, Cyrus, …)
 	jmap.Type, // JMAP server (RFC 8620/8621: Cyrus, Fastmail, Stalwart, …)
+	rest.Type, // popgate's REST store contract (docs/rest-store.md)
 	demo.Type, // the embedded store of popgate demo, in the gateway's process
 )

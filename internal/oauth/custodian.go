@@ -82,10 +82,10 @@ type cred struct {
 	client *http.Client
 
 	mu     sync.Mutex
-	rec    *Record // the last record seen; nil before the first load
-	bad    string  // an access token the upstream rejected
+	rec    *Record   // the last record seen; nil before the first load
+	bad    string    // an access token the upstream rejected
 	failed time.Time // when the last refresh failed
-	flight *flight // the refresh under way, if any
+	flight *flight   // the refresh under way, if any
 }
 
 type flight struct {

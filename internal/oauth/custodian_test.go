@@ -32,7 +32,7 @@ func newKey(t *testing.T) (key []byte, text string) {
 // clock is a test clock that only moves when told.
 type clock struct{ off atomic.Int64 }
 
-func (c *clock) now() time.Time           { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *clock) now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
 func (c *clock) advance(d time.Duration) { c.off.Add(int64(d)) }
 
 type fixture struct {

@@ -114,4 +114,5 @@ func summarize(w io.Writer, c *config.Config) {
 		s.IdleTimeout, s.LoginTimeout, s.MaxConnections, s.MaxConnectionsPerIP)
 	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
+	summarizeOAuth(w, c)
 }

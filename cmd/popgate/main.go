@@ -4,6 +4,7 @@
 //	popgate serve [--config FILE]         run the gateway (default /etc/popgate/config.yaml)
 //	popgate demo                          run it on loopback in front of an embedded mail store
 //	popgate check-config [--config FILE]  validate a configuration file
+//	popgate oauth status|enroll NAME|rekey  OAuth2 credentials and their token store
 //	popgate version                       print the version
 //
 // Exit status: 0 success, 1 a runtime failure (such as an address already
@@ -44,6 +45,7 @@ func commands() []command {
 		{"serve", "run the gateway with a configuration file", runServe},
 		{"demo", "run the gateway on loopback in front of an embedded mail store", runDemo},
 		{"check-config", "validate a configuration file and print what it sets up", runCheckConfig},
+		{"oauth", "OAuth2 credentials: status, enroll NAME, rekey", runOAuth},
 		{"version", "print the version", runVersion},
 	}
 }

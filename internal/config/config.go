@@ -13,6 +13,8 @@ package config
 import (
 	"sort"
 	"time"
+
+	"github.com/popgate/popgate/internal/oauth"
 )
 
 // Config is the whole configuration file.
@@ -34,6 +36,12 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
 	Log Log `yaml:"log"`
+	// Credentials are named OAuth2 upstream credentials (Microsoft 365
+	// client credentials, a Gmail refresh token); see package oauth.
+	Credentials map[string]*oauth.CredentialConfig `yaml:"credentials"`
+	// TokenStore is the encrypted file holding the credentials' tokens;
+	// required when Credentials is not empty.
+	TokenStore *oauth.StoreConfig `yaml:"token_store"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/popgate/popgate/internal/testserver/idp"
+)
+
+// oauthConfig writes a configuration with two credentials against the
+// in-test identity provider and a token store keyed by a key file.
+func oauthConfig(t *testing.T, dir string, p *idp.Server) (path, keyFile, keyText string) {
+	t.Helper()
+	key := make([]byte, 32)
+	rand.Read(key)
+	keyText = base64.StdEncoding.EncodeToString(key)
+	keyFile = filepath.Join(dir, "token.key")
+	if err := os.WriteFile(keyFile, []byte(keyText+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.AddClient("app-id", "app-secret-0123456789", "scans@corp.example")
+	p.AddClient("desktop-id", "desktop-secret-0123456789", "")
+	cfg := goodConfig(t, dir) + fmt.Sprintf(`credentials:
+  m365-app:
+    type: oauth2_client_credentials
+    token_url: %[1]s
+    client_id: app-id
+    client_secret: app-secret-0123456789
+    scopes: [https://outlook.office365.com/.default]
+    ca_file: %[3]s
+  gmail-jane:
+    type: oauth2_refresh_token
+    token_url: %[1]s
+    device_auth_url: %[2]s
+    client_id: desktop-id
+    client_secret: desktop-secret-0123456789
+    scopes: [https://mail.google.com/]
+    ca_file: %[3]s
+token_store:
+  path: %[4]s
+  key_file: %[5]s
+`, p.TokenURL, p.DeviceAuthURL, p.CAFile(), filepath.Join(dir, "state", "tokens"), keyFile)
+	path = filepath.Join(dir, "oauth.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, keyFile, keyText
+}
+
+// check-config, oauth status, oauth enroll and oauth rekey, and no secret
+// in anything they print.
+func TestOAuthCommands(t *testing.T) {
+	dir := t.TempDir()
+	p := idp.Start(t, idp.Options{TLS: true})
+	cfg, _, keyText := oauthConfig(t, dir, p)
+	var outputs []string
+	runP := func(args ...string) (int, string, string) {
+		code, out, errOut := runPopgate(t, args...)
+		outputs = append(outputs, out, errOut)
+		return code, out, errOut
+	}
+
+	code, out, errOut := runP("check-config", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "m365-app     oauth2_client_credentials, client app-id") ||
+		!strings.Contains(out, "client secret set") || !strings.Contains(out, "token store: ") {
+		t.Fatalf("check-config: %d\n%s\n%s", code, out, errOut)
+	}
+
+	code, out, errOut = runP("oauth", "status", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "gmail-jane") || !strings.Contains(out, "not enrolled") || !strings.Contains(out, "no token yet") {
+		t.Fatalf("status before: %d\n%s\n%s", code, out, errOut)
+	}
+
+	// Enrolment: the device flow against the in-test endpoint.
+	en := startPopgate(t, "oauth", "enroll", "gmail-jane", "-c", cfg)
+	en.waitLog(t, "enter the code", 1)
+	codes := p.PendingUserCodes()
+	if len(codes) != 1 || !strings.Contains(en.stdout.String(), codes[0]) || !strings.Contains(en.stdout.String(), p.URL+"/activate") {
+		t.Fatalf("enroll output without the code or URL:\n%s", en.stdout.String())
+	}
+	p.Approve(codes[0], "jane@gmail.example")
+	if code := en.wait(t); code != 0 {
+		t.Fatalf("enroll: %d\n%s\n%s", code, en.stdout.String(), en.stderr.String())
+	}
+	outputs = append(outputs, en.stdout.String(), en.stderr.String())
+	if !strings.Contains(en.stdout.String(), "gmail-jane enrolled") {
+		t.Fatalf("enroll output:\n%s", en.stdout.String())
+	}
+
+	code, out, _ = runP("oauth", "status", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "gmail-jane  oauth2_refresh_token       valid") || !strings.Contains(out, "yes") {
+		t.Fatalf("status after enroll: %d\n%s", code, out)
+	}
+
+	// Rekey: the old key no longer opens the store, the new one does.
+	newKey := make([]byte, 32)
+	rand.Read(newKey)
+	newKeyText := base64.StdEncoding.EncodeToString(newKey)
+	newFile := filepath.Join(dir, "token.key.new")
+	os.WriteFile(newFile, []byte(newKeyText), 0o600)
+	code, out, errOut = runP("oauth", "rekey", "-c", cfg, "--new-key-file", newFile)
+	if code != 0 || !strings.Contains(out, "re-encrypted") {
+		t.Fatalf("rekey: %d\n%s\n%s", code, out, errOut)
+	}
+	code, _, errOut = runP("oauth", "status", "-c", cfg)
+	if code != 1 || !strings.Contains(errOut, "cannot decrypt the token store") {
+		t.Fatalf("status with the old key: %d %s", code, errOut)
+	}
+	os.Rename(newFile, filepath.Join(dir, "token.key"))
+	code, out, _ = runP("oauth", "status", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "gmail-jane  oauth2_refresh_token       valid") {
+		t.Fatalf("status with the new key: %d\n%s", code, out)
+	}
+
+	code, _, errOut = runP("oauth", "enroll", "m365-app", "-c", cfg)
+	if code != 1 || !strings.Contains(errOut, "only oauth2_refresh_token credentials are enrolled") {
+		t.Fatalf("enroll of client credentials: %d %s", code, errOut)
+	}
+	code, _, _ = runP("oauth", "frob")
+	if code != 2 {
+		t.Fatalf("unknown subcommand: %d", code)
+	}
+
+	secrets := append(p.Secrets(), keyText, newKeyText, "app-secret-0123456789", "desktop-secret-0123456789")
+	for _, s := range secrets {
+		for _, o := range outputs {
+			if len(s) >= 6 && strings.Contains(o, s) {
+				t.Errorf("a secret (%.4s…) appears in the output:\n%s", s, o)
+			}
+		}
+	}
+}

@@ -248,6 +248,12 @@ func (cu *Custodian) Token(ctx context.Context, name string) (Token, error) {
 	return Token{Credential: name, AccessToken: f.rec.AccessToken, Expiry: f.rec.Expiry}, nil
 }
 
+// AccessToken is Token's value alone (backends.Tokens).
+func (cu *Custodian) AccessToken(ctx context.Context, name string) (string, error) {
+	t, err := cu.Token(ctx, name)
+	return t.AccessToken, err
+}
+
 // Invalidate tells the custodian that the upstream rejected accessToken of
 // credential name: the next Token call obtains a new one. Calls with a
 // token already replaced do nothing, so many sessions failing with the

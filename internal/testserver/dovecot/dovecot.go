@@ -77,6 +77,9 @@ type Options struct {
 	// "username": USER} (the user named in the SASL message). Passwords
 	// keep working through the passwd-file passdb.
 	OAuth2IntrospectionURL string
+	// OAuth2Mechanisms are the token mechanisms offered with
+	// OAuth2IntrospectionURL (default "xoauth2 oauthbearer").
+	OAuth2Mechanisms string
 	// AuthFailureDelay is Dovecot's delay after a failed login. Zero: 0 s
 	// (Dovecot's own default is 2 s, too slow for tests).
 	AuthFailureDelay time.Duration
@@ -320,8 +323,12 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	}
 	w("disable_plaintext_auth = no")
 	if opts.OAuth2IntrospectionURL != "" {
-		w("auth_mechanisms = plain login xoauth2 oauthbearer")
-		w("passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = %s\n}", s.oauth2ConfigFile())
+		mechs := opts.OAuth2Mechanisms
+		if mechs == "" {
+			mechs = "xoauth2 oauthbearer"
+		}
+		w("auth_mechanisms = plain login %s", mechs)
+		w("passdb {\n  driver = oauth2\n  mechanisms = %s\n  args = %s\n}", mechs, s.oauth2ConfigFile())
 	} else {
 		w("auth_mechanisms = plain login")
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -134,12 +135,18 @@ func keySource(s *oauth.StoreConfig) string {
 	return "key from the configuration"
 }
 
+// stdin is where `oauth enroll --refresh-token-stdin` reads from.
+var stdin io.Reader = os.Stdin
+
 func runOAuthEnroll(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("oauth enroll", "[--config FILE] NAME",
 		"Run the OAuth2 device authorization flow (RFC 8628) for the oauth2_refresh_token credential\n"+
 			"NAME: prints a URL and a code, waits until a person approves there, then stores the token\n"+
-			"(encrypted). A running gateway picks it up at the next login.", stdout, stderr)
+			"(encrypted). A running gateway picks it up at the next login.\n"+
+			"With --refresh-token-stdin it stores a refresh token obtained elsewhere instead (Google's\n"+
+			"device flow does not grant the Gmail scope), after checking it with one refresh.", stdout, stderr)
 	path := configFlag(fs)
+	fromStdin := fs.Bool("refresh-token-stdin", false, "read a refresh token from standard input instead of running the device flow")
 	// NAME may come before or after the flags.
 	var name string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -164,7 +171,17 @@ func runOAuthEnroll(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := cu.Enroll(ctx, name, stdout); err != nil {
+	if *fromStdin {
+		b, err := io.ReadAll(io.LimitReader(stdin, 64<<10))
+		if err != nil {
+			fmt.Fprintf(stderr, "popgate oauth enroll: reading standard input: %v\n", err)
+			return exitFailure
+		}
+		if err := cu.Import(ctx, name, strings.TrimSpace(string(b))); err != nil {
+			fmt.Fprintf(stderr, "popgate oauth enroll: %v\n", err)
+			return exitFailure
+		}
+	} else if err := cu.Enroll(ctx, name, stdout); err != nil {
 		fmt.Fprintf(stderr, "popgate oauth enroll: %v\n", err)
 		return exitFailure
 	}
@@ -232,4 +249,40 @@ func summarizeOAuth(w io.Writer, c *config.Config) {
 	if c.TokenStore != nil {
 		fmt.Fprintf(w, "token store: %s (%s)\n", c.TokenStore.Path, keySource(c.TokenStore))
 	}
+}
+
+// custody is the token custodian serve built, with what it was built from
+// (a reload keeps it, and its cached tokens, when that is unchanged).
+type custody struct {
+	cu    *oauth.Custodian
+	creds map[string]oauth.CredentialConfig
+	store oauth.StoreConfig
+}
+
+// buildCustody opens the token store and the custodian of cfg's
+// credentials; nil when there are none. prev is reused when the
+// credentials and the store are unchanged.
+func buildCustody(cfg *config.Config, log zerolog.Logger, prev *custody) (*custody, error) {
+	if len(cfg.Credentials) == 0 {
+		return nil, nil
+	}
+	c := &custody{creds: map[string]oauth.CredentialConfig{}, store: *cfg.TokenStore}
+	for n, cr := range cfg.Credentials {
+		c.creds[n] = *cr
+	}
+	if prev != nil && reflect.DeepEqual(prev.creds, c.creds) && prev.store == c.store {
+		return prev, nil
+	}
+	key, err := c.store.LoadKey()
+	if err != nil {
+		return nil, fmt.Errorf("token_store: %v", err)
+	}
+	st, err := oauth.OpenStore(c.store.Path, key)
+	if err != nil {
+		return nil, fmt.Errorf("token_store: %w", err)
+	}
+	if c.cu, err = oauth.New(c.creds, st, oauth.Options{Log: log}); err != nil {
+		return nil, fmt.Errorf("credentials: %w", err)
+	}
+	return c, nil
 }

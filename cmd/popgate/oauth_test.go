@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -115,6 +116,29 @@ func TestOAuthCommands(t *testing.T) {
 	code, out, _ = runP("oauth", "status", "-c", cfg)
 	if code != 0 || !strings.Contains(out, "gmail-jane  oauth2_refresh_token       valid") {
 		t.Fatalf("status with the new key: %d\n%s", code, out)
+	}
+
+	// A refresh token obtained elsewhere, on standard input.
+	for _, tc := range []struct {
+		rt   string
+		code int
+	}{{"rt-not-issued-0123456789", 1}, {p.IssueRefreshToken("jane@gmail.example"), 0}} {
+		cmd := exec.Command(binary, "oauth", "enroll", "gmail-jane", "--refresh-token-stdin", "-c", cfg)
+		cmd.Stdin = strings.NewReader(tc.rt + "\n")
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		outputs = append(outputs, o.String(), e.String())
+		if code != tc.code || strings.Contains(o.String()+e.String(), tc.rt) {
+			t.Fatalf("import: status %d, want %d\n%s\n%s", code, tc.code, o.String(), e.String())
+		}
+		if tc.code == 1 && !strings.Contains(e.String(), "invalid_grant") {
+			t.Fatalf("bad refresh token: %s", e.String())
+		}
 	}
 
 	code, _, errOut = runP("oauth", "enroll", "m365-app", "-c", cfg)

@@ -98,6 +98,7 @@ type setup struct {
 	tls     *tlsconf.Manager // nil without a tls section
 	tlsCfg  tlsconf.Config
 	options proxy.Options
+	oauth   *custody // nil without credentials
 }
 
 func (r *setup) close() {
@@ -200,19 +201,32 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		}
 		return nil, err
 	}
+	var prevOAuth *custody
+	if prev != nil {
+		prevOAuth = prev.oauth
+	}
+	cu, err := buildCustody(cfg, log, prevOAuth)
+	if err != nil {
+		return fail(err)
+	}
+	rt.oauth = cu
 	bs := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
 		b, err := imap.New(imapConfig(name, cfg.Backends[name]), log)
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
+		if cu != nil {
+			b.SetTokens(cu.cu)
+		}
 		bs[name] = b
 	}
+	var router *backends.Router
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
 		routes[i] = backends.Route{Match: r.Match, Backend: r.Backend, StripDomain: r.Rewrite.StripDomain, AddDomain: r.Rewrite.AddDomain}
 	}
-	router, err := backends.NewRouter(routes, bs, log)
+	router, err = backends.NewRouter(routes, bs, log)
 	if err != nil {
 		return fail(fmt.Errorf("routes: %w", err))
 	}

@@ -173,6 +173,14 @@ func (s *Server) IssueToken(user string) string {
 	return s.newAccess(user, "external")
 }
 
+// IssueRefreshToken returns a fresh refresh token of user, as if obtained
+// through another flow (e.g. an authorization code in a browser).
+func (s *Server) IssueRefreshToken(user string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.newRefresh(user)
+}
+
 // Revoke makes a token (access or refresh) unknown to the provider.
 func (s *Server) Revoke(token string) {
 	s.mu.Lock()

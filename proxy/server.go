@@ -43,13 +43,20 @@ type Options struct {
 	CommandTimeout   time.Duration // deadline of each backend call (Login/Snapshot/Open/Commit); default 60s
 	AuthFailureDelay time.Duration // default 2s; negative: no delay
 	MaxAuthFailures  int           // per connection, default 3
-	MaxErrors        int           // consecutive -ERR answers before close, default 10
-	MaxConns         int           // 0 = unlimited
-	MaxConnsPerIP    int           // 0 = unlimited
-	LoginDelay       time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
-	Expire           string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
-	Implementation   string        // CAPA IMPLEMENTATION; default "popgate"
-	Logger           zerolog.Logger
+	// MaxErrors closes the connection after this many consecutive protocol
+	// faults (default DefaultMaxErrors): unknown commands, commands not valid
+	// in the current state, missing, extra or malformed arguments (a message
+	// number that is not a decimal number included), overlong lines. Answers
+	// about well-formed message numbers that are deleted or out of range,
+	// upstream failures and failed logins (see MaxAuthFailures) do not count,
+	// and do not reset the count; a +OK resets it.
+	MaxErrors      int
+	MaxConns       int           // open connections, all listeners together; 0 = unlimited
+	MaxConnsPerIP  int           // open connections from one client address; 0 = unlimited (the default: NAT)
+	LoginDelay     time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
+	Expire         string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
+	Implementation string        // CAPA IMPLEMENTATION; default "popgate"
+	Logger         zerolog.Logger
 }
 
 // Defaults of Options.
@@ -60,7 +67,7 @@ const (
 	DefaultCommandTimeout   = 60 * time.Second
 	DefaultAuthFailureDelay = 2 * time.Second
 	DefaultMaxAuthFailures  = 3
-	DefaultMaxErrors        = 10
+	DefaultMaxErrors        = 20
 )
 
 func (o Options) withDefaults() Options {

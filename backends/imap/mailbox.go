@@ -168,6 +168,10 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	return e.messages(m.b.uidl), nil
 }
 
+// maxPrealloc bounds the listing's preallocation from EXISTS (about 9
+// octets an entry, so at most 576 KiB before anything arrives).
+const maxPrealloc = 1 << 16
+
 // list fills e with one UID FETCH 1:* (RFC 3501 §6.4.8), in UID order
 // whatever order the server answered in.
 func (m *Mailbox) list(e *snapEntry) error {
@@ -175,9 +179,13 @@ func (m *Mailbox) list(e *snapEntry) error {
 		UID: true, RFC822Size: true, Flags: true,
 	})
 	defer cmd.Close()
-	uids := make([]uint32, 0, e.exists)
-	sizes := make([]uint32, 0, e.exists)
-	seen := make([]bool, 0, e.exists)
+	// EXISTS is the server's word, not a measure of what it will send: a
+	// broken or hostile server may announce 4294967295. Preallocate at most
+	// maxPrealloc entries and grow with what actually arrives.
+	n := min(e.exists, maxPrealloc)
+	uids := make([]uint32, 0, n)
+	sizes := make([]uint32, 0, n)
+	seen := make([]bool, 0, n)
 	sorted := true
 	for {
 		msg := cmd.Next()

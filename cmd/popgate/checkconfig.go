@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/popgate/popgate/internal/config"
@@ -110,9 +111,17 @@ func summarize(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "auth: plaintext logins %s; failure delay %s, at most %d failures per connection\n",
 		plain, c.Auth.FailureDelay, c.Auth.MaxFailures)
 	s := c.Session
-	fmt.Fprintf(w, "session: idle %s, login %s; at most %d connections, %d per client address\n",
-		s.IdleTimeout, s.LoginTimeout, s.MaxConnections, s.MaxConnectionsPerIP)
+	fmt.Fprintf(w, "session: idle %s, login %s; connections: %s in all, %s per client address; close after %d protocol errors in a row\n",
+		s.IdleTimeout, s.LoginTimeout, limitText(s.MaxConnections), limitText(s.MaxConnectionsPerIP), s.MaxErrors)
 	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
 	summarizeOAuth(w, c)
+}
+
+// limitText shows a connection limit, 0 being none.
+func limitText(n int) string {
+	if n == 0 {
+		return "no limit"
+	}
+	return "at most " + strconv.Itoa(n)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/internal/oauth"
+	"github.com/popgate/popgate/proxy"
 )
 
 // Config is the whole configuration file.
@@ -187,14 +188,17 @@ type Session struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// CommandTimeout bounds each backend call of a command (default 1m).
 	CommandTimeout time.Duration `yaml:"command_timeout"`
-	// MaxErrors closes the connection after this many consecutive -ERR
-	// (default 10).
+	// MaxErrors closes the connection after this many consecutive protocol
+	// faults (default proxy.DefaultMaxErrors, 20): unknown commands, commands
+	// not valid in the current state, missing, extra or malformed arguments,
+	// overlong lines. Answers about deleted or out-of-range message numbers,
+	// upstream failures and failed logins (auth.max_failures) do not count.
 	MaxErrors int `yaml:"max_errors"`
 	// MaxConnections is the limit of open connections (default 1000; 0: no
 	// limit).
 	MaxConnections int `yaml:"max_connections"`
-	// MaxConnectionsPerIP is the limit per client address (default 50; 0:
-	// no limit).
+	// MaxConnectionsPerIP is the limit per client address (default 0: no
+	// limit, so that many clients behind one NAT or load balancer work).
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// LoginDelay is announced as LOGIN-DELAY (RFC 2449 §6.5); 0: not announced.
 	LoginDelay time.Duration `yaml:"login_delay"`
@@ -228,9 +232,9 @@ func Defaults() *Config {
 			LoginTimeout:        time.Minute,
 			WriteTimeout:        time.Minute,
 			CommandTimeout:      time.Minute,
-			MaxErrors:           10,
+			MaxErrors:           proxy.DefaultMaxErrors,
 			MaxConnections:      1000,
-			MaxConnectionsPerIP: 50,
+			MaxConnectionsPerIP: 0,
 		},
 		Shutdown: Shutdown{DrainTimeout: 30 * time.Second},
 		Log:      Log{Level: "info", Format: "json"},

@@ -80,8 +80,12 @@ func TestParseGood(t *testing.T) {
 	if c.Session.IdleTimeout != 15*time.Minute {
 		t.Errorf("idle_timeout = %v", c.Session.IdleTimeout)
 	}
-	if c.Session.MaxErrors != 10 || c.Shutdown.DrainTimeout != 30*time.Second || c.Auth.FailureDelay != 2*time.Second {
+	if c.Session.MaxErrors != 20 || c.Shutdown.DrainTimeout != 30*time.Second || c.Auth.FailureDelay != 2*time.Second {
 		t.Errorf("top-level defaults lost: %+v %+v %+v", c.Session, c.Shutdown, c.Auth)
+	}
+	// Issue 14: no per-address cap by default (NAT, load balancers).
+	if c.Session.MaxConnectionsPerIP != 0 || c.Session.MaxConnections != 1000 {
+		t.Errorf("connection limits = %d per address, %d in all; want 0 (none) and 1000", c.Session.MaxConnectionsPerIP, c.Session.MaxConnections)
 	}
 	if !c.Routes[0].Rewrite.StripDomain {
 		t.Errorf("rewrite not decoded")

@@ -4,6 +4,8 @@
 //	popgate serve [--config FILE]         run the gateway (default /etc/popgate/config.yaml)
 //	popgate demo                          run it on loopback in front of an embedded mail store
 //	popgate check-config [--config FILE]  validate a configuration file
+//	popgate check-store --url URL --user U --password-file F [--destructive]
+//	                                      check a REST store against the contract
 //	popgate oauth status|enroll NAME|rekey  OAuth2 credentials and their token store
 //	popgate version                       print the version
 //
@@ -45,6 +47,7 @@ func commands() []command {
 		{"serve", "run the gateway with a configuration file", runServe},
 		{"demo", "run the gateway on loopback in front of an embedded mail store", runDemo},
 		{"check-config", "validate a configuration file and print what it sets up", runCheckConfig},
+		{"check-store", "check a live REST store against popgate's store contract", runCheckStore},
 		{"oauth", "OAuth2 credentials: status, enroll NAME, rekey", runOAuth},
 		{"version", "print the version", runVersion},
 	}

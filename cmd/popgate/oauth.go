@@ -135,9 +135,6 @@ func keySource(s *oauth.StoreConfig) string {
 	return "key from the configuration"
 }
 
-// stdin is where `oauth enroll --refresh-token-stdin` reads from.
-var stdin io.Reader = os.Stdin
-
 func runOAuthEnroll(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("oauth enroll", "[--config FILE] NAME",
 		"Run the OAuth2 device authorization flow (RFC 8628) for the oauth2_refresh_token credential\n"+

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -59,7 +58,9 @@ func (f *oauthFixture) dovecot(t *testing.T, mechs string) *dovecot.Server {
 
 func (f *oauthFixture) backend(t *testing.T, addr string) *Backend {
 	t.Helper()
-	b, err := New(Config{Name: "m365", Address: addr, TLS: "none", DialTimeout: 10 * time.Second}, zerolog.New(f.logs))
+	cfg := DefaultConfig()
+	cfg.Name, cfg.Address, cfg.TLS = "m365", addr, "none"
+	b, err := New(cfg, zerolog.New(f.logs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ Run "popgate oauth <subcommand> --help" for its flags.
 // loadOAuth loads the configuration and opens the store and a custodian.
 // It prints problems itself; code is the exit status when cu is nil.
 func loadOAuth(path string, stderr io.Writer) (*config.Config, *oauth.Store, *oauth.Custodian, int) {
-	c, err := config.Load(path)
+	c, err := config.Load(path, storeTypes)
 	if err != nil {
 		printConfigProblems(stderr, path, err)
 		return nil, nil, nil, exitUsage

@@ -8,7 +8,7 @@ import (
 func TestOAuthKeys(t *testing.T) {
 	t.Setenv("M365_SECRET", "s3cret-value-xyz")
 	t.Setenv("POPGATE_TOKEN_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
-	c, err := Parse([]byte(withFiles(t, good) + `
+	c, err := Parse([]byte(withFiles(t, good)+`
 credentials:
   m365-app:
     type: oauth2_client_credentials
@@ -27,7 +27,7 @@ credentials:
 token_store:
   path: /var/lib/popgate/tokens
   key: ${POPGATE_TOKEN_KEY}
-`))
+`), types)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ token_store:
 		t.Fatal("credential values not read")
 	}
 
-	_, err = Parse([]byte(withFiles(t, good) + `
+	_, err = Parse([]byte(withFiles(t, good)+`
 credentials:
   bad:
     type: password
@@ -50,7 +50,7 @@ credentials:
     client_id: a
     client_secret: b
     scope: [x]
-`))
+`), types)
 	if err == nil {
 		t.Fatal("bad credentials accepted")
 	}
@@ -59,11 +59,11 @@ credentials:
 			t.Errorf("no problem %q in:\n%v", want, err)
 		}
 	}
-	_, err = Parse([]byte(withFiles(t, good) + `
+	_, err = Parse([]byte(withFiles(t, good)+`
 token_store:
   path: /x
   key: c2hvcnQta2V5LXZhbHVl
-`))
+`), types)
 	if err == nil || !strings.Contains(err.Error(), "token_store.key") {
 		t.Fatalf("short key: %v", err)
 	}

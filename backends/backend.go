@@ -111,6 +111,13 @@ type BearerAcceptor interface {
 	AcceptsBearer() bool
 }
 
+// AcceptsBearer reports whether b implements BearerAcceptor and can take a
+// client's bearer token now.
+func AcceptsBearer(b Backend) bool {
+	a, ok := b.(BearerAcceptor)
+	return ok && a.AcceptsBearer()
+}
+
 // GoString hides the secret from %#v as well.
 func (c Credentials) GoString() string { return "backends.Credentials{" + c.String() + "}" }
 

@@ -8,8 +8,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/popgate/popgate/internal/testserver/dovecot"
 	"github.com/popgate/popgate/internal/testserver/idp"
 )
 
@@ -156,6 +159,72 @@ func TestOAuthCommands(t *testing.T) {
 			if len(s) >= 6 && strings.Contains(o, s) {
 				t.Errorf("a secret (%.4s…) appears in the output:\n%s", s, o)
 			}
+		}
+	}
+}
+
+// popgate serve in front of a real Dovecot that checks tokens at the
+// in-test provider: CAPA names XOAUTH2 and OAUTHBEARER once the upstream
+// is seen to take tokens, and a client's own AUTH XOAUTH2 and OAUTHBEARER
+// pass through. No token in the log.
+func TestServeClientTokenPassThrough(t *testing.T) {
+	dir := t.TempDir()
+	p := idp.Start(t, idp.Options{})
+	cfg, _, keyText := oauthConfig(t, dir, p)
+	const user = "jane@corp.example"
+	dv := dovecot.Start(t, dovecot.Options{OAuth2IntrospectionURL: p.IntrospectURL, Users: map[string]string{user: "pw-0123456789"}})
+	if _, err := dv.Append(user, "INBOX", []byte("Subject: hi\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Listeners and backend of the token test instead of goodConfig's.
+	s := string(data)
+	s = s[strings.Index(s, "credentials:"):]
+	pop3 := freeAddr(t)
+	s = fmt.Sprintf("listeners:\n  - {address: %q, tls: none}\nauth: {allow_plaintext: true, failure_delay: 0s}\nbackends:\n  m365: {type: imap, address: %q, tls: none}\nroutes:\n  - {match: \"*\", backend: m365}\nlog: {level: debug, format: json}\n", pop3, dv.Addr()) + s
+	if err := os.WriteFile(cfg, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := startPopgate(t, "serve", "-c", cfg)
+	srv.waitLog(t, `"listening"`, 1)
+
+	c := dialPOP3(t, pop3, false)
+	for i := 0; ; i++ { // the first CAPA starts the check of the upstream's capabilities
+		capa := string(c.multi("CAPA"))
+		if strings.Contains(capa, "SASL PLAIN LOGIN OAUTHBEARER XOAUTH2") {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("CAPA never names the token mechanisms:\n%s", capa)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tok := p.IssueToken(user)
+	c.cmd("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+user+"\x01auth=Bearer "+tok+"\x01\x01")))
+	if st := c.ok("STAT"); !strings.HasPrefix(st, "+OK 1 ") {
+		t.Fatalf("STAT after AUTH XOAUTH2: %s", st)
+	}
+	c.ok("QUIT")
+	c = dialPOP3(t, pop3, false)
+	if r := c.cmd("AUTH OAUTHBEARER " + base64.StdEncoding.EncodeToString([]byte("n,a="+user+",\x01auth=Bearer "+tok+"\x01\x01"))); !strings.HasPrefix(r, "+OK") {
+		t.Fatalf("AUTH OAUTHBEARER: %s", r)
+	}
+	c.ok("QUIT")
+	c = dialPOP3(t, pop3, false)
+	if r := c.cmd("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+user+"\x01auth=Bearer at-forged-0123456789\x01\x01"))); !strings.HasPrefix(r, "-ERR [AUTH]") {
+		t.Fatalf("forged token: %s", r)
+	}
+	c.ok("QUIT")
+	srv.waitLog(t, `"session end"`, 3)
+	srv.signal(t, syscall.SIGTERM)
+	srv.wait(t)
+	logs := srv.stdout.String() + srv.stderr.String()
+	for _, secret := range append(p.Secrets(), keyText, "at-forged-0123456789") {
+		if len(secret) >= 6 && strings.Contains(logs, secret) {
+			t.Fatalf("a secret (%.4s…) in the log", secret)
 		}
 	}
 }

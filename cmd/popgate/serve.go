@@ -233,9 +233,6 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		Implementation:   "popgate",
 		Logger:           log,
 	}
-	if a.FailureDelay == 0 {
-		rt.options.AuthFailureDelay = -1 // 0s in the file means no delay; proxy's zero is its default
-	}
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}

@@ -170,20 +170,22 @@ type Log struct {
 }
 
 // Defaults returns a configuration holding every default and nothing else.
+// The auth and session defaults are proxy's (proxy.DefaultOptions).
 func Defaults() *Config {
+	o := proxy.DefaultOptions()
 	return &Config{
 		Auth: Auth{
-			FailureDelay: 2 * time.Second,
-			MaxFailures:  3,
+			FailureDelay: o.AuthFailureDelay,
+			MaxFailures:  o.MaxAuthFailures,
 		},
 		Session: Session{
-			IdleTimeout:         10 * time.Minute,
-			LoginTimeout:        time.Minute,
-			WriteTimeout:        time.Minute,
-			CommandTimeout:      time.Minute,
-			MaxErrors:           proxy.DefaultMaxErrors,
-			MaxConnections:      1000,
-			MaxConnectionsPerIP: 0,
+			IdleTimeout:         o.IdleTimeout,
+			LoginTimeout:        o.LoginTimeout,
+			WriteTimeout:        o.WriteTimeout,
+			CommandTimeout:      o.CommandTimeout,
+			MaxErrors:           o.MaxErrors,
+			MaxConnections:      o.MaxConns,
+			MaxConnectionsPerIP: o.MaxConnsPerIP,
 		},
 		Shutdown:  Shutdown{DrainTimeout: 30 * time.Second},
 		Log:       Log{Level: "info", Format: "json"},

@@ -36,6 +36,11 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
 	Log Log `yaml:"log"`
+	// Cluster shares locks and login state between nodes through Redis;
+	// nil: everything stays in-process.
+	Cluster *Cluster `yaml:"cluster"`
+	// Admin is the admin HTTP server (metrics, health); nil: none.
+	Admin *Admin `yaml:"admin"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`
@@ -58,6 +63,9 @@ type Listener struct {
 	// TLS is none, starttls (STLS offered, RFC 2595) or implicit (POP3S,
 	// RFC 8314). Required.
 	TLS string `yaml:"tls"`
+	// ProxyProtocol requires a PROXY protocol header (v1 or v2) from the
+	// trusted load balancers and refuses every other source; nil: off.
+	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
 }
 
 // TLS is the server certificate: static files or ACME, not both.
@@ -205,6 +213,10 @@ type Shutdown struct {
 	// DrainTimeout is how long open sessions may finish after SIGTERM or
 	// SIGINT (default 30s); then they are closed without committing.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// ReadyDelay is how long /readyz fails before the listeners close on
+	// SIGTERM, so that a load balancer stops sending connections first
+	// (default 0; only useful with an admin section).
+	ReadyDelay time.Duration `yaml:"ready_delay"`
 }
 
 // Log controls the log output.
@@ -273,6 +285,7 @@ func (c *Config) applyDefaults() {
 			b.Delete.Keyword = DefaultDeleteKeyword
 		}
 	}
+	c.applyClusterDefaults()
 	if c.TLS != nil && c.TLS.ACME != nil {
 		a := c.TLS.ACME
 		if a.Challenge == "" {

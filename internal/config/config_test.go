@@ -124,7 +124,7 @@ func TestUnknownKeyNamesKeyAndLine(t *testing.T) {
 		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mailbox, uidl_template, mark_seen, snapshot_cache, delete)`)
 
 	wantProblems(t, "listenerz: []\n"+withFiles(t, good),
-		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, auth, session, shutdown, log)`)
+		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, auth, session, shutdown, log, cluster, admin)`)
 }
 
 func TestEveryProblemReported(t *testing.T) {

@@ -53,25 +53,47 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitFailure
 	}
-	d := &daemon{path: *path, stderr: stderr}
-	rt, err := d.build(cfg, log, nil)
-	if err != nil {
+	closeAll := func() {
 		for _, l := range ls {
 			l.Close()
 		}
+	}
+	sc, err := newScale(cfg, log)
+	if err != nil {
+		closeAll()
+		fmt.Fprintf(stderr, "popgate: %v\n", err)
+		var le *listenError
+		if errors.As(err, &le) {
+			return exitFailure
+		}
+		return exitUsage
+	}
+	defer sc.close()
+	if ls, err = wrapProxyProtocol(ls, cfg, log, sc.metrics); err != nil {
+		closeAll()
+		fmt.Fprintf(stderr, "popgate: %s: %v\n", *path, err)
+		return exitUsage
+	}
+	d := &daemon{path: *path, stderr: stderr, scale: sc}
+	rt, err := d.build(cfg, log, nil)
+	if err != nil {
+		closeAll()
 		fmt.Fprintf(stderr, "popgate: %s: %v\n", *path, err)
 		return exitUsage
 	}
 	d.cur = rt
 	d.srv = proxy.New(rt.options)
 	log.Info().Str("version", versionString()).Str("config", *path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
+	sc.start(log)
 	g := &gateway{
-		log:    log,
-		srv:    d.srv,
-		specs:  specs,
-		ls:     ls,
-		drain:  d.drainTimeout,
-		reload: d.reload,
+		log:        log,
+		srv:        d.srv,
+		specs:      specs,
+		ls:         ls,
+		drain:      d.drainTimeout,
+		readyDelay: d.readyDelay,
+		reload:     d.reload,
+		scale:      sc,
 	}
 	code := g.run()
 	d.mu.Lock()
@@ -86,6 +108,7 @@ type daemon struct {
 	path   string
 	stderr io.Writer
 	srv    *proxy.Server
+	scale  *scale // built once at start
 
 	mu  sync.Mutex
 	cur *setup
@@ -110,6 +133,12 @@ func (d *daemon) drainTimeout() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cur.cfg.Shutdown.DrainTimeout
+}
+
+func (d *daemon) readyDelay() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cur.cfg.Shutdown.ReadyDelay
 }
 
 // tlsConfig converts the tls section.
@@ -206,7 +235,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
-		bs[name] = b
+		bs[name] = d.scale.metrics.Backend(name, b)
 	}
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
@@ -240,6 +269,9 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}
+	if d.scale != nil && d.scale.cluster != nil {
+		rt.options.Locker = d.scale.cluster.Locker()
+	}
 	return rt, nil
 }
 
@@ -269,6 +301,10 @@ func (d *daemon) reload() {
 	if !reflect.DeepEqual(cfg.Listeners, old.cfg.Listeners) {
 		log.Warn().Msg("listeners changed in the file: they need a restart; the running listeners stay")
 		cfg.Listeners = old.cfg.Listeners
+	}
+	if !reflect.DeepEqual(cfg.Cluster, old.cfg.Cluster) || !reflect.DeepEqual(cfg.Admin, old.cfg.Admin) {
+		log.Warn().Msg("cluster or admin changed in the file: they need a restart; the running ones stay")
+		cfg.Cluster, cfg.Admin = old.cfg.Cluster, old.cfg.Admin
 	}
 	if cfg.TLS == nil && old.cfg.TLS != nil {
 		for _, l := range cfg.Listeners {

@@ -75,6 +75,7 @@ type session struct {
 	user   string
 	mb     backends.Mailbox
 	unlock func()
+	held   lock.Held // the maildrop lock, confirmed before a commit
 	snap   *snapshot // nil before login
 
 	// counters for the logout line
@@ -267,6 +268,7 @@ func (ss *session) finish() {
 		Int64("octets", ss.dw.n).
 		Dur("duration", time.Since(ss.start)).
 		Msg("session end")
+	ss.o.Metrics.SessionEnded(ss.end, ss.dw.n)
 }
 
 // closeMailbox closes the upstream session, then frees the maildrop lock.
@@ -276,7 +278,7 @@ func (ss *session) closeMailbox() {
 		return
 	}
 	mb, unlock := ss.mb, ss.unlock
-	ss.mb, ss.unlock = nil, nil
+	ss.mb, ss.unlock, ss.held = nil, nil, nil
 	defer func() {
 		if unlock != nil {
 			unlock()
@@ -593,25 +595,33 @@ func (ss *session) login(c backends.Credentials) act {
 			return ss.authFailed(c.Username, c.Mechanism, err, text)
 		}
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
+		ss.o.Metrics.Login(loginError)
 		return ss.refuse(code, text)
 	}
 	if mb == nil {
 		ss.log.Error().Str("user", c.Username).Msg("backend returned no mailbox and no error")
+		ss.o.Metrics.Login(loginError)
 		return ss.refuse(backends.CodeSysTemp, "internal error, try again later")
 	}
 	key := backends.MaildropID(mb, c)
-	unlock, err := ss.o.Locker.TryLock(ctx, key)
+	lockStart := time.Now()
+	held, err := lock.Acquire(ctx, ss.o.Locker, key)
+	ss.o.Metrics.LockTaken(time.Since(lockStart), errors.Is(err, lock.ErrHeld))
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
 			ss.log.Info().Str("user", c.Username).Msg("maildrop in use")
+			ss.o.Metrics.Login(loginInUse)
 			return ss.refuse(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
 		}
+		// A shared lock store that cannot be reached: never a session
+		// without the lock (RFC 3206 §4: SYS/TEMP).
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
+		ss.o.Metrics.Login(loginError)
 		return ss.refuse(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
 	// From here on finish() releases both, even after a panic.
-	ss.mb, ss.unlock = mb, unlock
+	ss.mb, ss.unlock, ss.held = mb, held.Release, held
 	msgs, err := mb.Snapshot(ctx)
 	var snap *snapshot
 	if err == nil {
@@ -619,8 +629,10 @@ func (ss *session) login(c backends.Credentials) act {
 	}
 	if err != nil {
 		ss.closeMailbox()
+		ss.o.Metrics.Login(loginError)
 		return ss.backendFail("snapshot", err)
 	}
+	ss.o.Metrics.Login(loginOK)
 	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
@@ -635,6 +647,7 @@ func (ss *session) login(c backends.Credentials) act {
 // closes the connection after MaxAuthFailures.
 func (ss *session) authFailed(user, mech string, err error, text string) act {
 	ss.authFailures++
+	ss.o.Metrics.Login(loginAuth)
 	ss.log.Info().Str("user", user).Str("mechanism", mech).AnErr("reason", err).Int("failures", ss.authFailures).Msg("authentication failed")
 	if ss.o.AuthFailureDelay > 0 {
 		t := time.NewTimer(ss.o.AuthFailureDelay)
@@ -912,10 +925,17 @@ func (ss *session) cmdQUIT(rest []byte) act {
 		}
 	}
 	if len(del) > 0 {
-		ctx, cancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
+		ctx, cancel, ok := ss.confirmLock(len(del))
+		if !ok {
+			ss.closeMailbox()
+			ss.refuse(backends.CodeSysTemp, "maildrop lock lost, nothing deleted, try again")
+			ss.end = endCommitFailed
+			return actClose
+		}
 		err := ss.mb.Commit(ctx, del)
 		cancel()
 		if err != nil {
+			ss.o.Metrics.Commit("failed", len(del))
 			ss.log.Error().Err(err).Int("marked", len(del)).Msg("commit failed")
 			ss.closeMailbox()
 			code, text := backends.ClientError(err)
@@ -927,6 +947,7 @@ func (ss *session) cmdQUIT(rest []byte) act {
 			return actClose
 		}
 		ss.deleted = len(del)
+		ss.o.Metrics.Commit("ok", len(del))
 	}
 	ss.closeMailbox()
 	if ss.deleted == 0 {
@@ -936,4 +957,28 @@ func (ss *session) cmdQUIT(rest []byte) act {
 	}
 	ss.end = endQuit
 	return actClose
+}
+
+// confirmLock confirms, before a commit, that this session still holds the
+// maildrop lock (RFC 1939 §8: one session per maildrop through UPDATE) and
+// extends it past the commit's deadline. It returns the commit's context,
+// bounded by CommandTimeout and by the time the lock is held for certain.
+// When the lock cannot be confirmed (lease lost, lock store unreachable) it
+// logs why and reports false: the session must not commit.
+func (ss *session) confirmLock(marked int) (context.Context, context.CancelFunc, bool) {
+	hold := ss.o.CommandTimeout + commitMargin
+	cctx, ccancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
+	until, err := ss.held.Confirm(cctx, hold)
+	ccancel()
+	if err != nil {
+		ss.o.Metrics.Commit("not_confirmed", marked)
+		ss.log.Error().Err(err).Int("marked", marked).Msg("maildrop lock could not be confirmed: nothing committed")
+		return nil, nil, false
+	}
+	deadline := time.Now().Add(ss.o.CommandTimeout)
+	if !until.IsZero() && until.Before(deadline) {
+		deadline = until
+	}
+	ctx, cancel := context.WithDeadline(ss.ctx, deadline)
+	return ctx, cancel, true
 }

@@ -73,6 +73,9 @@ type Config struct {
 	// when UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are all the same as
 	// when it was stored. 0 means DefaultSnapshotCache; negative disables.
 	SnapshotCache int
+	// OnSnapshotCache, when set and the cache is on, is told at every
+	// login whether the listing came from the cache (metrics).
+	OnSnapshotCache func(hit bool)
 }
 
 // DeleteConfig is what QUIT does to the messages the client deleted.

@@ -231,11 +231,18 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	}
 	bs := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
-		b, err := imap.New(imapConfig(name, cfg.Backends[name]), log)
+		ic := imapConfig(name, cfg.Backends[name])
+		if d.scale != nil {
+			ic.OnSnapshotCache = d.scale.metrics.SnapshotCache
+		}
+		b, err := imap.New(ic, log)
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
-		bs[name] = d.scale.metrics.Backend(name, b)
+		bs[name] = b
+		if d.scale != nil {
+			bs[name] = d.scale.metrics.Backend(name, b)
+		}
 	}
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
@@ -269,8 +276,11 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}
-	if d.scale != nil && d.scale.cluster != nil {
-		rt.options.Locker = d.scale.cluster.Locker()
+	if d.scale != nil {
+		rt.options.Metrics = d.scale.metrics
+		if d.scale.cluster != nil {
+			rt.options.Locker = d.scale.cluster.Locker()
+		}
 	}
 	return rt, nil
 }

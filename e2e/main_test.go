@@ -158,6 +158,13 @@ log:
   level: debug
   format: json
 `, g.addr, dc.Addr())
+	return runGateway(t, g, dir, conf)
+}
+
+// runGateway starts popgate serve with configuration conf (written to
+// dir) for g, until the end of t, and waits for its greeting.
+func runGateway(t *testing.T, g *gateway, dir, conf string) *gateway {
+	t.Helper()
 	confPath := filepath.Join(dir, "popgate.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

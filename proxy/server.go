@@ -61,7 +61,19 @@ type Options struct {
 	LoginDelay     time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
 	Expire         string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
 	Implementation string        // CAPA IMPLEMENTATION; default "popgate"
-	Logger         zerolog.Logger
+	// UIDLMapper, when set, may change the UIDLs of every snapshot before
+	// the session presents them (UIDL migration); its error fails the login
+	// with [SYS/TEMP].
+	UIDLMapper UIDLMapper
+	Logger     zerolog.Logger
+}
+
+// UIDLMapper rewrites the UIDLs of a snapshot just taken from mb, the
+// maildrop locked under key maildrop. The result must keep the order and
+// the sizes, and give every message a UIDL that is valid and unique
+// (RFC 1939 §7); the proxy checks it like any snapshot.
+type UIDLMapper interface {
+	MapUIDLs(ctx context.Context, maildrop string, mb backends.Mailbox, msgs []backends.Message) ([]backends.Message, error)
 }
 
 // Defaults of Options.

@@ -623,6 +623,9 @@ func (ss *session) login(c backends.Credentials) act {
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock, ss.held = mb, held.Release, held
 	msgs, err := mb.Snapshot(ctx)
+	if err == nil && ss.o.UIDLMapper != nil {
+		msgs, err = ss.o.UIDLMapper.MapUIDLs(ctx, key, mb, msgs)
+	}
 	var snap *snapshot
 	if err == nil {
 		snap, err = newSnapshot(msgs) // the backend's slice is garbage from here on

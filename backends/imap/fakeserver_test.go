@@ -122,7 +122,9 @@ func (f *fakeServer) serve(c net.Conn) {
 }
 
 func fakeBackend(t *testing.T, f *fakeServer) *Backend {
-	b, err := New(Config{Address: f.ln.Addr().String(), TLS: "none", DialTimeout: 300 * time.Millisecond, CommandTimeout: 300 * time.Millisecond}, testLogger(t))
+	c := testConfig(f.ln.Addr().String(), "none")
+	c.DialTimeout, c.CommandTimeout = 300*time.Millisecond, 300*time.Millisecond
+	b, err := New(c, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +220,9 @@ func TestFakeFailures(t *testing.T) {
 	})
 	t.Run("context-cancelled", func(t *testing.T) {
 		f := newFakeServer(t, &fakeServer{stallAt: "SELECT"})
-		b, _ := New(Config{Address: f.ln.Addr().String(), TLS: "none", CommandTimeout: time.Hour}, testLogger(t))
+		c := testConfig(f.ln.Addr().String(), "none")
+		c.CommandTimeout = time.Hour
+		b, _ := New(c, testLogger(t))
 		mb, err := b.Login(context.Background(), cred)
 		if err != nil {
 			t.Fatal(err)

@@ -243,7 +243,7 @@ func (m *Mailbox) skip(flags []imap.Flag) bool {
 		if f == imap.FlagDeleted {
 			return true
 		}
-		if m.b.cfg.Delete.Policy == PolicyFlag && equalFoldFlag(f, m.b.keyword) {
+		if m.b.cfg.Delete.Policy == backends.PolicyFlag && equalFoldFlag(f, m.b.keyword) {
 			return true
 		}
 	}
@@ -340,7 +340,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	if m.reader != nil {
 		m.reader.Close()
 	}
-	if len(deleted) == 0 || m.b.cfg.Delete.Policy == PolicyKeep {
+	if len(deleted) == 0 || m.b.cfg.Delete.Policy == backends.PolicyKeep {
 		if len(deleted) > 0 {
 			m.log.Debug().Int("messages", len(deleted)).Msg("delete policy keep: nothing changed upstream")
 		}
@@ -358,9 +358,9 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	m.queueSeen() // before the deletions: moved messages keep \Seen
 	return m.guard(ctx, "commit", func() error {
 		switch m.b.cfg.Delete.Policy {
-		case PolicyFlag:
+		case backends.PolicyFlag:
 			return m.store(uids, m.b.keyword)
-		case PolicyMove:
+		case backends.PolicyMove:
 			return m.move(uids)
 		default:
 			return m.expunge(uids)
@@ -383,11 +383,11 @@ func (m *Mailbox) expunge(uids imap.UIDSet) error {
 	switch {
 	case m.caps.Has(imap.CapUIDPlus) || m.caps.Has(imap.CapIMAP4rev2):
 		return m.c.UIDExpunge(uids).Close()
-	case m.b.cfg.Delete.AllowPlainExpunge:
+	case m.b.cfg.AllowPlainExpunge:
 		return m.c.Expunge().Close() // RFC 3501 §6.4.3, allowed by configuration
 	default:
 		m.b.warnNoUIDPlus.Do(func() {
-			m.b.log.Warn().Str("address", m.b.cfg.Address).Msg("upstream lacks UIDPLUS: deleted messages are only flagged \\Deleted, not expunged (set delete.allow_plain_expunge to expunge anyway)")
+			m.b.log.Warn().Str("address", m.b.cfg.Address).Msg("upstream lacks UIDPLUS: deleted messages are only flagged \\Deleted, not expunged (set allow_plain_expunge to expunge anyway)")
 		})
 		return nil
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/config"
 )
 
@@ -19,9 +20,9 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
 	}
-	c, err := config.Load(*path)
+	c, err := config.Load(*path, storeTypes)
 	if err == nil {
-		if ps := checkBackends(c); len(ps) > 0 {
+		if ps := checkTLS(c); len(ps) > 0 {
 			err = &config.FileError{Path: *path, Err: ps}
 		}
 	}
@@ -76,18 +77,7 @@ func summarize(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "backends:\n")
 	for _, name := range c.BackendNames() {
 		b := c.Backends[name]
-		policy := b.Delete.Policy
-		switch policy {
-		case config.PolicyMove:
-			policy += " to " + b.Delete.Folder
-		case config.PolicyFlag:
-			policy += " with " + b.Delete.Keyword
-		}
-		extra := ""
-		if b.InsecureSkipVerify {
-			extra = ", certificate NOT verified"
-		}
-		fmt.Fprintf(w, "  %-12s %s %s (tls %s%s), mailbox %s, delete: %s\n", name, b.Type, b.Address, b.TLS, extra, b.Mailbox, policy)
+		fmt.Fprintf(w, "  %-12s %s %s\n", name, b.Type, b.Settings.(backends.Config).Summary())
 	}
 	fmt.Fprintf(w, "routes (first match wins):\n")
 	for i, r := range c.Routes {

@@ -13,7 +13,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/backends"
-	"github.com/popgate/popgate/backends/imap"
 	"github.com/popgate/popgate/internal/config"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
@@ -31,17 +30,24 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
 	}
+	return serve(*path, stderr, nil)
+}
 
-	cfg, err := config.Load(*path)
+// serve runs the gateway with the configuration at path until SIGTERM or
+// SIGINT, or until stop is closed (nil: signals only), and returns the exit
+// status. Logs and errors go to stderr.
+func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
+	cfg, err := config.Load(path, storeTypes)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitUsage
 	}
-	log, err := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	logs, err := newLogSwitch(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
-		fmt.Fprintf(stderr, "popgate: %s: log: %v\n", *path, err)
+		fmt.Fprintf(stderr, "popgate: %s: log: %v\n", path, err)
 		return exitUsage
 	}
+	log := logs.logger()
 	// Open every listener first: an address in use stops popgate before
 	// anything else starts.
 	specs := make([]listenSpec, len(cfg.Listeners))
@@ -71,19 +77,19 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	defer sc.close()
 	if ls, err = wrapProxyProtocol(ls, cfg, log, sc.metrics); err != nil {
 		closeAll()
-		fmt.Fprintf(stderr, "popgate: %s: %v\n", *path, err)
+		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
-	d := &daemon{path: *path, stderr: stderr, scale: sc}
+	d := &daemon{path: path, logs: logs, log: log, scale: sc}
 	rt, err := d.build(cfg, log, nil)
 	if err != nil {
 		closeAll()
-		fmt.Fprintf(stderr, "popgate: %s: %v\n", *path, err)
+		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
 	d.cur = rt
 	d.srv = proxy.New(rt.options)
-	log.Info().Str("version", versionString()).Str("config", *path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
+	log.Info().Str("version", versionString()).Str("config", path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
 	sc.start(log)
 	g := &gateway{
 		log:        log,
@@ -93,6 +99,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		drain:      d.drainTimeout,
 		readyDelay: d.readyDelay,
 		reload:     d.reload,
+		stop:       stop,
 		scale:      sc,
 	}
 	code := g.run()
@@ -105,10 +112,13 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 // daemon holds what serve built from the configuration, replaced as a whole
 // on SIGHUP.
 type daemon struct {
-	path   string
-	stderr io.Writer
-	srv    *proxy.Server
-	scale  *scale // built once at start
+	path string
+	logs *logSwitch     // level and format of every logger
+	log  zerolog.Logger // writes through logs
+	srv  *proxy.Server
+	// scale (metrics, admin, cluster) is built once at start; nil in
+	// tests that build a daemon directly.
+	scale *scale
 
 	mu  sync.Mutex
 	cur *setup
@@ -121,11 +131,32 @@ type setup struct {
 	tls     *tlsconf.Manager // nil without a tls section
 	tlsCfg  tlsconf.Config
 	options proxy.Options
+	// backends are the running backends by name; a reload hands the
+	// unchanged ones to the next setup.
+	backends map[string]*running
 }
 
+// close releases everything of the setup (at shutdown).
 func (r *setup) close() {
 	if r.tls != nil {
 		r.tls.Close()
+	}
+	for _, b := range r.backends {
+		b.inst.Close()
+	}
+}
+
+// retire closes what the setup next does not share: its TLS manager and
+// its backends that next replaced. A retired backend is closed when the
+// last session that started on it ends.
+func (r *setup) retire(next *setup) {
+	if r.tls != nil && r.tls != next.tls {
+		r.tls.Close() // open sessions keep their TLS state; handshakes use the new manager
+	}
+	for name, b := range r.backends {
+		if n := next.backends[name]; n == nil || n.inst != b.inst {
+			b.inst.Close()
+		}
 	}
 }
 
@@ -153,44 +184,10 @@ func tlsConfig(t *config.TLS) tlsconf.Config {
 	return c
 }
 
-// imapConfig converts one backend section.
-func imapConfig(name string, b *config.Backend) imap.Config {
-	cache := 0 // imap's default
-	if b.SnapshotCache != nil {
-		cache = *b.SnapshotCache
-		if cache == 0 {
-			cache = -1 // snapshot_cache: 0 disables it
-		}
-	}
-	return imap.Config{
-		Name:    name,
-		Address: b.Address,
-		TLS:     b.TLS,
-		Upstream: tlsconf.Upstream{
-			ServerName: b.ServerName, CAFile: b.CAFile, MinVersion: b.MinVersion, InsecureSkipVerify: b.InsecureSkipVerify,
-		},
-		DialTimeout:    b.DialTimeout,
-		CommandTimeout: b.CommandTimeout,
-		Mailbox:        b.Mailbox,
-		UIDLTemplate:   b.UIDLTemplate,
-		MarkSeen:       b.MarkSeen,
-		SnapshotCache:  cache,
-		Delete: imap.DeleteConfig{
-			Policy: b.Delete.Policy, Folder: b.Delete.Folder, Keyword: b.Delete.Keyword, AllowPlainExpunge: b.Delete.AllowPlainExpunge,
-		},
-	}
-}
-
-// checkBackends returns the problems the backend packages find beyond the
-// configuration's own checks (check-config reports them too).
-func checkBackends(cfg *config.Config) config.Problems {
+// checkTLS returns the problems tlsconf finds in the tls section beyond
+// the configuration's own checks (check-config reports them too).
+func checkTLS(cfg *config.Config) config.Problems {
 	var ps config.Problems
-	for _, name := range cfg.BackendNames() {
-		if err := imapConfig(name, cfg.Backends[name]).Validate(); err != nil {
-			p := "backends." + name
-			ps = append(ps, config.Problem{Path: p, Line: cfg.Line(p), Msg: err.Error()})
-		}
-	}
 	if cfg.TLS != nil {
 		for _, err := range tlsConfig(cfg.TLS).Validate() {
 			ps = append(ps, config.Problem{Path: "tls", Line: cfg.Line("tls"), Msg: err.Error()})
@@ -199,12 +196,19 @@ func checkBackends(cfg *config.Config) config.Problems {
 	return ps
 }
 
+// running is one built backend: its section and its instance.
+type running struct {
+	typ      string
+	settings any
+	inst     *backends.Instance
+}
+
 // build turns a valid configuration into the proxy options: certificates,
 // backends and the router. prev is the running setup on reload (nil at
 // start): an unchanged tls section keeps its Manager (reloaded from the
 // files instead).
 func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*setup, error) {
-	if ps := checkBackends(cfg); len(ps) > 0 {
+	if ps := checkTLS(cfg); len(ps) > 0 {
 		return nil, ps
 	}
 	rt := &setup{cfg: cfg, log: log}
@@ -223,26 +227,45 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 			rt.tls = m
 		}
 	}
+	rt.backends = map[string]*running{}
 	fail := func(err error) (*setup, error) {
 		if rt.tls != nil && (prev == nil || rt.tls != prev.tls) {
 			rt.tls.Close()
+		}
+		for name, r := range rt.backends {
+			if prev == nil || prev.backends[name] == nil || prev.backends[name].inst != r.inst {
+				r.inst.Close()
+			}
 		}
 		return nil, err
 	}
 	bs := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
-		ic := imapConfig(name, cfg.Backends[name])
-		if d.scale != nil {
-			ic.OnSnapshotCache = d.scale.metrics.SnapshotCache
+		b := cfg.Backends[name]
+		// DESIGN: an unchanged section keeps its running instance, so its
+		// caches (the IMAP snapshot cache) survive a reload.
+		if prev != nil {
+			if old := prev.backends[name]; old != nil && old.typ == b.Type && reflect.DeepEqual(old.settings, b.Settings) {
+				rt.backends[name] = old
+				bs[name] = d.timed(name, old.inst)
+				continue
+			}
 		}
-		b, err := imap.New(ic, log)
+		env := backends.Env{Name: name, Log: log}
+		if d.scale != nil {
+			env.OnSnapshotCache = d.scale.metrics.SnapshotCache
+		}
+		be, err := storeTypes.Build(b.Settings, env)
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
-		bs[name] = b
-		if d.scale != nil {
-			bs[name] = d.scale.metrics.Backend(name, b)
-		}
+		r := &running{typ: b.Type, settings: b.Settings, inst: backends.NewInstance(be)}
+		go func(name string, in *backends.Instance) {
+			<-in.Done()
+			log.Info().Str("backend", name).Msg("backend closed")
+		}(name, r.inst)
+		rt.backends[name] = r
+		bs[name] = d.timed(name, r.inst)
 	}
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
@@ -285,6 +308,15 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	return rt, nil
 }
 
+// timed wraps a backend with the upstream latency metrics (when serve
+// built them).
+func (d *daemon) timed(name string, b backends.Backend) backends.Backend {
+	if d.scale == nil {
+		return b
+	}
+	return d.scale.metrics.Backend(name, b)
+}
+
 // reload re-reads the configuration file (SIGHUP). New sessions get the new
 // backends, routes, certificates, limits and log level; open sessions keep
 // theirs. A bad file is logged and the running configuration stays.
@@ -294,7 +326,7 @@ func (d *daemon) reload() {
 	defer d.mu.Unlock()
 	old := d.cur
 	old.log.Info().Str("config", d.path).Msg("SIGHUP: reloading configuration")
-	cfg, err := config.Load(d.path)
+	cfg, err := config.Load(d.path, storeTypes)
 	if err != nil {
 		var fe *config.FileError
 		if errors.As(err, &fe) {
@@ -303,11 +335,12 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
-	log, err := newLogger(d.stderr, cfg.Log.Level, cfg.Log.Format)
+	logTarget, err := d.logs.target(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		old.log.Error().Err(err).Msg("reload failed: the running configuration stays")
 		return
 	}
+	log := d.log
 	if !reflect.DeepEqual(cfg.Listeners, old.cfg.Listeners) {
 		log.Warn().Msg("listeners changed in the file: they need a restart; the running listeners stay")
 		cfg.Listeners = old.cfg.Listeners
@@ -329,10 +362,9 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
+	d.logs.set(logTarget)
 	d.srv.Update(rt.options)
-	if old.tls != nil && old.tls != rt.tls {
-		old.tls.Close() // open sessions keep their TLS state; handshakes use the new manager
-	}
+	old.retire(rt)
 	d.cur = rt
 	log.Info().Str("config", d.path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("configuration reloaded")
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/popgate/popgate/internal/netconf"
 )
 
 // Cluster is what several popgate nodes share through one Redis (issue 12):
@@ -78,7 +80,7 @@ func (c *Config) applyClusterDefaults() {
 func (k *checker) cluster() {
 	c := k.c
 	if cl := c.Cluster; cl != nil {
-		if err := checkAddress(cl.Redis.Address); err != nil {
+		if err := netconf.CheckAddress(cl.Redis.Address); err != nil {
 			k.add("cluster.redis.address", "%v", err)
 		}
 		if cl.Redis.DB < 0 {
@@ -97,7 +99,7 @@ func (k *checker) cluster() {
 		}
 	}
 	if a := c.Admin; a != nil {
-		if err := checkAddress(a.Address); err != nil {
+		if err := netconf.CheckAddress(a.Address); err != nil {
 			k.add("admin.address", "%v", err)
 		}
 	}

@@ -23,7 +23,7 @@ func TestClusterKeys(t *testing.T) {
 	t.Setenv("REDIS_PASSWORD", "redis-secret")
 	t.Setenv("ADMIN_TOKEN", "admin-secret")
 	s := strings.Replace(withFiles(t, good), "    tls: implicit\ntls:", "    tls: implicit\n    proxy_protocol: {trusted: [10.0.0.0/8, 192.0.2.7]}\ntls:", 1) + clusterPart
-	c, err := Parse([]byte(s))
+	c, err := Parse([]byte(s), types)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestClusterKeys(t *testing.T) {
 	}
 
 	// Without the sections: nothing shared, no admin server.
-	c, err = Parse([]byte(withFiles(t, good)))
+	c, err = Parse([]byte(withFiles(t, good)), types)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +53,7 @@ func TestClusterKeys(t *testing.T) {
 		t.Fatalf("defaults: %+v %+v %v", c.Cluster, c.Admin, c.Shutdown.ReadyDelay)
 	}
 	// An empty key_prefix stays empty.
-	c, err = Parse([]byte(withFiles(t, good) + "cluster: {redis: {address: \"r:6379\", key_prefix: \"\"}}\n"))
+	c, err = Parse([]byte(withFiles(t, good) + "cluster: {redis: {address: \"r:6379\", key_prefix: \"\"}}\n"), types)
 	if err != nil {
 		t.Fatal(err)
 	}

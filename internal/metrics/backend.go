@@ -39,6 +39,9 @@ func (t *timedBackend) Login(ctx context.Context, c backends.Credentials) (backe
 	return tm, nil
 }
 
+// Close implements backends.Backend: it closes the wrapped backend.
+func (t *timedBackend) Close() error { return t.b.Close() }
+
 type timedMailbox struct {
 	m    *Metrics
 	name string

@@ -14,6 +14,8 @@ import (
 
 type fakeBackend struct{}
 
+func (fakeBackend) Close() error { return nil }
+
 func (fakeBackend) Login(context.Context, backends.Credentials) (backends.Mailbox, error) {
 	return fakeMailbox{}, nil
 }

@@ -53,7 +53,7 @@ func TestClusterKeys(t *testing.T) {
 		t.Fatalf("defaults: %+v %+v %v", c.Cluster, c.Admin, c.Shutdown.ReadyDelay)
 	}
 	// An empty key_prefix stays empty.
-	c, err = Parse([]byte(withFiles(t, good) + "cluster: {redis: {address: \"r:6379\", key_prefix: \"\"}}\n"), types)
+	c, err = Parse([]byte(withFiles(t, good)+"cluster: {redis: {address: \"r:6379\", key_prefix: \"\"}}\n"), types)
 	if err != nil {
 		t.Fatal(err)
 	}

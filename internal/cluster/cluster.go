@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
@@ -70,7 +71,11 @@ func New(o Options, log zerolog.Logger) (*Cluster, error) {
 		DisableIdentity: true,
 	}
 	if o.TLS {
-		tc := &tls.Config{ServerName: o.ServerName, MinVersion: tls.VersionTLS12}
+		name := o.ServerName
+		if name == "" {
+			name, _, _ = net.SplitHostPort(o.Address)
+		}
+		tc := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
 		if o.CAFile != "" {
 			pem, err := os.ReadFile(o.CAFile)
 			if err != nil {

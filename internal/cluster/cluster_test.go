@@ -14,6 +14,7 @@ import (
 	"github.com/popgate/popgate/internal/cluster"
 	"github.com/popgate/popgate/internal/lock"
 	"github.com/popgate/popgate/internal/testserver/redis"
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 func newNode(t *testing.T, srv *redis.Server) *cluster.Cluster {
@@ -131,5 +132,50 @@ func TestBadCAFile(t *testing.T) {
 	os.WriteFile(f, []byte("not a certificate"), 0o600)
 	if _, err := cluster.New(cluster.Options{Address: "127.0.0.1:1", TLS: true, CAFile: f}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "cluster.redis.ca_file") {
 		t.Fatalf("New with a bad CA file: %v", err)
+	}
+}
+
+// TestTLS: cluster.redis.tls with ca_file and server_name reaches a Redis
+// that only speaks TLS; a wrong server_name is refused.
+func TestTLS(t *testing.T) {
+	cert, err := testutil.SelfSigned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := cert.WriteFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := redis.Start(t, redis.Options{Password: "pw", CertFile: certFile, KeyFile: keyFile})
+	ctx := context.Background()
+	c, err := cluster.New(cluster.Options{Address: srv.Addr(), Password: "pw", TLS: true, CAFile: certFile, ServerName: "localhost", KeyPrefix: "pg:", Timeout: 2 * time.Second}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Check(ctx); err != nil {
+		t.Fatalf("TLS: %v", err)
+	}
+	// Without server_name the host of the address (127.0.0.1) is verified.
+	byAddr, err := cluster.New(cluster.Options{Address: srv.Addr(), Password: "pw", TLS: true, CAFile: certFile}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer byAddr.Close()
+	if err := byAddr.Check(ctx); err != nil {
+		t.Fatalf("TLS verified against the address: %v", err)
+	}
+	rel, err := c.Locker().TryLock(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel()
+	bad, err := cluster.New(cluster.Options{Address: srv.Addr(), Password: "pw", TLS: true, CAFile: certFile, ServerName: "redis.example.com", Timeout: 2 * time.Second}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if err := bad.Check(ctx); err == nil {
+		t.Fatal("a certificate for another name was accepted")
 	}
 }

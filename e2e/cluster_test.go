@@ -84,11 +84,17 @@ backends:
     address: "%s"
     tls: none
     delete: {policy: expunge}
+    # generous: these tests assert outcomes, not speed, on a shared machine
+    dial_timeout: 60s
+    command_timeout: 120s
 routes:
   - {match: "*", backend: dovecot}
 auth:
   allow_plaintext: true
   failure_delay: 0s
+session:
+  command_timeout: 120s
+  login_timeout: 5m
 cluster:
   redis:
     address: "%s"
@@ -306,44 +312,45 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // over three nodes: exactly one gets in, every other one gets
 // -ERR [IN-USE], and more than one node refused (the lock is shared).
 func TestClusterRace(t *testing.T) {
-	c := startCluster(t, 3, "5s")
+	// A lease far longer than a renewal can be late on a loaded machine:
+	// this test is about exclusion, not expiry.
+	c := startCluster(t, 3, "60s")
 	pass := newUser(t, "race")
 	appendAll(t, "race", [][]byte{[]byte("Subject: r\r\n\r\nrace\r\n")})
 
 	const attempts = 200
 	type result struct {
-		c   *pop3client.Client
+		c   net.Conn // the winner's connection, still in TRANSACTION
 		err error
 	}
 	results := make(chan result, attempts)
 	start := make(chan struct{})
+	// At most 50 logins in flight, so that the shared Dovecot is not the
+	// bottleneck; the winner holds the maildrop until all 200 are done.
+	inFlight := make(chan struct{}, 50)
 	var wg sync.WaitGroup
-	for range attempts {
+	for i := range attempts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			<-start
-			cl, err := pop3client.Dial(c.hap.Addr(), pop3client.Options{Timeout: 120 * time.Second})
-			if err == nil {
-				if err = cl.Login("race", pass); err != nil {
-					cl.Close()
-					cl = nil
-				}
-			}
-			results <- result{cl, err}
+			inFlight <- struct{}{}
+			defer func() { <-inFlight }()
+			// Each client from its own address, which the nodes must log.
+			conn, err := raceLogin(fmt.Sprintf("127.0.3.%d", i+1), c.hap.Addr(), pass)
+			results <- result{conn, err}
 		}()
 	}
 	close(start)
 	wg.Wait()
 	close(results)
-	var winners []*pop3client.Client
+	var winners []net.Conn
 	inUse := 0
 	for r := range results {
-		var er *pop3client.ErrResponse
 		switch {
 		case r.err == nil:
 			winners = append(winners, r.c)
-		case errors.As(r.err, &er) && strings.HasPrefix(er.Text, "[IN-USE]"):
+		case errors.Is(r.err, errInUse):
 			inUse++
 		default:
 			t.Errorf("attempt: %v", r.err)
@@ -352,8 +359,21 @@ func TestClusterRace(t *testing.T) {
 	if len(winners) != 1 || inUse != attempts-1 {
 		t.Fatalf("%d got in and %d got [IN-USE] of %d, want 1 and %d", len(winners), inUse, attempts, attempts-1)
 	}
-	if err := winners[0].Quit(); err != nil {
-		t.Fatal(err)
+	fmt.Fprintf(winners[0], "QUIT\r\n")
+	if l, err := bufio.NewReader(winners[0]).ReadString('\n'); err != nil || !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("QUIT of the winner: %q %v", l, err)
+	}
+	winners[0].Close()
+	// Every node logs the clients' own addresses (from the PROXY v2
+	// header), never the balancer's.
+	for _, nd := range c.nodes {
+		log := nd.log(t)
+		if !strings.Contains(log, `"remote":"127.0.3.`) {
+			t.Errorf("node %s logs no client address", nd.name)
+		}
+		if strings.Contains(log, `"remote":"127.0.0.1:`) {
+			t.Errorf("node %s logs the balancer's address as a client's", nd.name)
+		}
 	}
 	refusing := 0
 	total := 0.0
@@ -383,7 +403,7 @@ func TestClusterRace(t *testing.T) {
 // the lease runs out, then opens on another node. The node's log shows the
 // client's real address (from the PROXY v2 header HAProxy sent).
 func TestClusterNodeKilled(t *testing.T) {
-	c := startCluster(t, 3, "6s")
+	c := startCluster(t, 3, "10s")
 	pass := newUser(t, "killed")
 	appendAll(t, "killed", [][]byte{[]byte("Subject: 1\r\n\r\none\r\n"), []byte("Subject: 2\r\n\r\ntwo\r\n")})
 
@@ -404,7 +424,7 @@ func TestClusterNodeKilled(t *testing.T) {
 		t.Fatalf("%d messages upstream after the kill, want 2 (nothing deleted)", len(msgs))
 	}
 	c.waitUp(t, 2)
-	// The lease (6s) has not run out: the lock of the dead node holds.
+	// The lease (10s) has not run out: the lock of the dead node holds.
 	p2 := dialPOP3(t, "127.0.4.2", c.hap.Addr())
 	p2.cmd("USER killed")
 	if l := p2.cmd("PASS %s", pass); !strings.HasPrefix(l, "-ERR [IN-USE]") {
@@ -435,7 +455,7 @@ func TestClusterNodeKilled(t *testing.T) {
 // not commit ([SYS/TEMP], nothing deleted, the log says why), new logins get
 // [SYS/TEMP], /readyz fails; with Redis back the service recovers.
 func TestClusterRedisDown(t *testing.T) {
-	c := startCluster(t, 2, "4s")
+	c := startCluster(t, 2, "10s")
 	pass := newUser(t, "redisdown")
 	appendAll(t, "redisdown", [][]byte{[]byte("Subject: 1\r\n\r\none\r\n"), []byte("Subject: 2\r\n\r\ntwo\r\n")})
 
@@ -660,6 +680,40 @@ func TestClusterMetrics(t *testing.T) {
 	if !strings.Contains(log, "PROXY protocol: connection refused") {
 		t.Error("the refusal of the untrusted source was not logged")
 	}
+}
+
+var errInUse = errors.New("-ERR [IN-USE]")
+
+// raceLogin logs in from source address ip and returns the connection in
+// TRANSACTION, errInUse for -ERR [IN-USE], or another error.
+func raceLogin(ip, addr, pass string) (net.Conn, error) {
+	conn, err := dialFrom(ip, addr)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	r := bufio.NewReader(conn)
+	var last string
+	for _, cmd := range []string{"", "USER race", "PASS " + pass} {
+		if cmd != "" {
+			fmt.Fprintf(conn, "%s\r\n", cmd)
+		}
+		l, err := r.ReadString('\n')
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("after %q: %w", strings.Fields(cmd+" greeting")[0], err)
+		}
+		last = strings.TrimRight(l, "\r\n")
+		if !strings.HasPrefix(last, "+OK") {
+			conn.Close()
+			if strings.HasPrefix(last, "-ERR [IN-USE]") {
+				return nil, errInUse
+			}
+			return nil, fmt.Errorf("%q", last)
+		}
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
 }
 
 var (

@@ -701,7 +701,7 @@ func raceLogin(ip, addr, pass string) (net.Conn, error) {
 		l, err := r.ReadString('\n')
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("after %q: %w", strings.Fields(cmd+" greeting")[0], err)
+			return nil, fmt.Errorf("after %q: %w", strings.Fields(cmd + " greeting")[0], err)
 		}
 		last = strings.TrimRight(l, "\r\n")
 		if !strings.HasPrefix(last, "+OK") {

@@ -62,9 +62,9 @@ func TestCommitNeedsConfirmedLock(t *testing.T) {
 	e.be.Append("alice", []byte("Subject: two\r\n\r\nbody\r\n"))
 
 	c := e.login("alice", "secret pw")
-	c.cmdPrefix("DELE 1", "+OK")
-	c.cmdPrefix("QUIT", "-ERR [SYS/TEMP]")
-	c.expectClosed()
+	c.CmdPrefix("DELE 1", "+OK")
+	c.CmdPrefix("QUIT", "-ERR [SYS/TEMP]")
+	c.ExpectClosed()
 	if n := e.be.CommitCalls(); n != 0 {
 		t.Fatalf("%d commits after a lost lease, want 0", n)
 	}
@@ -80,8 +80,8 @@ func TestCommitNeedsConfirmedLock(t *testing.T) {
 	l.confirmErr = nil
 	l.mu.Unlock()
 	c = e.login("alice", "secret pw")
-	c.cmdPrefix("DELE 1", "+OK")
-	c.cmdPrefix("QUIT", "+OK")
+	c.CmdPrefix("DELE 1", "+OK")
+	c.CmdPrefix("QUIT", "+OK")
 	if len(e.be.UIDLs("alice")) != 1 {
 		t.Fatal("the confirmed commit did not delete")
 	}
@@ -97,8 +97,8 @@ func TestCommitNeedsConfirmedLock(t *testing.T) {
 func TestLockStoreDownAtLogin(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.Locker = failingLocker{} }})
 	c := e.dialReady()
-	c.cmdPrefix("USER alice", "+OK")
-	c.cmdPrefix("PASS secret pw", "-ERR [SYS/TEMP]")
+	c.CmdPrefix("USER alice", "+OK")
+	c.CmdPrefix("PASS secret pw", "-ERR [SYS/TEMP]")
 	if e.be.OpenMailboxes() != 0 {
 		t.Fatal("the upstream mailbox stayed open")
 	}

@@ -49,6 +49,10 @@ type Env struct {
 	Name string
 	// Log is the gateway's logger; add the backend name to it.
 	Log zerolog.Logger
+	// Tokens hands out the access tokens of the configured OAuth2
+	// credentials (nil when there are none), for stores that log in with
+	// bearer tokens (Credentials.Credential).
+	Tokens Tokens
 	// OnSnapshotCache, when set, is told at every login whether a store
 	// with a snapshot cache served the listing from it (metrics). Stores
 	// without such a cache ignore it.

@@ -125,6 +125,7 @@ func summarize(w io.Writer, c *config.Config) {
 		fmt.Fprintf(w, "admin: http://%s (/metrics /healthz /readyz, %s)\n", a.Address, tok)
 	}
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
+	summarizeOAuth(w, c)
 }
 
 // limitText shows a connection limit, 0 being none.

@@ -39,6 +39,10 @@ func (t *timedBackend) Login(ctx context.Context, c backends.Credentials) (backe
 	return tm, nil
 }
 
+// AcceptsBearer forwards backends.BearerAcceptor of the wrapped backend
+// (CAPA offers XOAUTH2/OAUTHBEARER only when a backend takes tokens).
+func (t *timedBackend) AcceptsBearer() bool { return backends.AcceptsBearer(t.b) }
+
 // Close implements backends.Backend: it closes the wrapped backend.
 func (t *timedBackend) Close() error { return t.b.Close() }
 
@@ -47,6 +51,10 @@ type timedMailbox struct {
 	name string
 	mb   backends.Mailbox
 }
+
+// Unwrap returns the wrapped Mailbox, so that its optional interfaces
+// (backends.HeaderFetcher, …) are found with backends.Find.
+func (t *timedMailbox) Unwrap() backends.Mailbox { return t.mb }
 
 func (t *timedMailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	defer t.m.Time(t.name, OpSnapshot)()

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/popgate/popgate/internal/netconf"
@@ -90,7 +91,7 @@ func (k *checker) cluster() {
 			k.add("cluster.redis.tls", "ca_file and server_name need tls: true")
 		}
 		if cl.Redis.CAFile != "" {
-			if err := checkFile(cl.Redis.CAFile); err != nil {
+			if err := readable(cl.Redis.CAFile); err != nil {
 				k.add("cluster.redis.ca_file", "%v", err)
 			}
 		}
@@ -123,4 +124,16 @@ func (k *checker) cluster() {
 			}
 		}
 	}
+}
+
+// readable checks that a file exists and can be opened.
+func readable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if pe, ok := err.(*os.PathError); ok {
+			return fmt.Errorf("%s: %v", path, pe.Err)
+		}
+		return err
+	}
+	return f.Close()
 }

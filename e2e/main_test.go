@@ -63,6 +63,7 @@ func run(m *testing.M) int {
 	if dc != nil {
 		defer dc.Close()
 	}
+	defer closeCyrus() // started by the JMAP tests on first use
 	return m.Run()
 }
 

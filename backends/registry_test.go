@@ -67,7 +67,7 @@ func TestRegistryDecodesByType(t *testing.T) {
 		t.Errorf("summary %q", s)
 	}
 	for _, tc := range []struct{ section, want string }{
-		{"type: tiny\nmailbox: x\n", `line 2: backends.b: unknown key "mailbox" (known keys: type, greeting, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete)`},
+		{"type: tiny\nmailbox: x\n", `line 2: backends.b: unknown key "mailbox" (known keys: type, greeting, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header)`},
 		{"type: tiny\ndelete: {policy: flag, keyword: \"a b\"}\n", `line 2: backends.b.delete.keyword: "a b": want printable characters without spaces`},
 		{"type: tiny\ndelete: {folder: x}\n", `line 2: backends.b.delete.folder: only used with policy move`},
 		{"type: tiny\nsnapshot_cache: -1\n", `line 2: backends.b.snapshot_cache: must not be negative (0 disables the cache)`},

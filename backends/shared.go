@@ -45,6 +45,26 @@ type Store struct {
 	SnapshotCache int `yaml:"snapshot_cache"`
 	// Delete is what QUIT does upstream with the deleted messages.
 	Delete Delete `yaml:"delete"`
+	// UIDLHeader (for example X-UIDL; "" = off) names a header field whose
+	// value, when it is a valid UIDL unique in the maildrop, is presented as
+	// the message's UIDL (UIDL migration by tools that write it, like
+	// Dovecot's pop3_reuse_xuidl). Anyone can send a message with that
+	// header: enable it only for mailboxes whose mail was migrated.
+	UIDLHeader string `yaml:"uidl_header"`
+}
+
+// SharedStore returns the shared keys; every configuration that embeds
+// Store has this method, so the gateway finds them without knowing the
+// type.
+func (s *Store) SharedStore() *Store { return s }
+
+// SharedStoreOf returns the shared keys of a store type's configuration,
+// or nil when it does not embed Store.
+func SharedStoreOf(cfg any) *Store {
+	if s, ok := cfg.(interface{ SharedStore() *Store }); ok {
+		return s.SharedStore()
+	}
+	return nil
 }
 
 // Delete is what QUIT does upstream with the messages the client deleted.
@@ -106,6 +126,23 @@ func (s *Store) Check(c *Checker, validKeyword func(string) error) {
 	if d.Keyword != DefaultDeleteKeyword && d.Policy != PolicyFlag {
 		c.Add("delete.keyword", "only used with policy flag")
 	}
+	if h := s.UIDLHeader; h != "" && !validFieldName(h) {
+		c.Add("uidl_header", "%q is not a header field name (RFC 5322 §3.6.8: printable characters, no colon or space)", h)
+	}
+}
+
+// validFieldName reports whether s is a header field name (RFC 5322
+// §3.6.8: 1*ftext, printable US-ASCII except ':').
+func validFieldName(s string) bool {
+	if s == "" || len(s) > 76 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 33 || s[i] > 126 || s[i] == ':' {
+			return false
+		}
+	}
+	return true
 }
 
 func printableWord(s string) error {

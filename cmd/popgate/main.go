@@ -46,6 +46,7 @@ func commands() []command {
 		{"serve", "run the gateway with a configuration file", runServe},
 		{"demo", "run the gateway on loopback in front of an embedded mail store", runDemo},
 		{"check-config", "validate a configuration file and print what it sets up", runCheckConfig},
+		{"uidl", "capture, show or forget the UIDLs of a retired POP3 server (migration)", runUIDL},
 		{"check-store", "check a live REST store against popgate's store contract", runCheckStore},
 		{"version", "print the version", runVersion},
 	}

@@ -94,7 +94,7 @@ auth: {allow_plaintext: true, failure_delay: 0s}
 	out.Reset()
 	errOut.Reset()
 	code := runCheckConfig([]string{"-c", bad}, &out, &errOut)
-	want := "popgate: " + bad + `: line 6: backends.box: unknown key "mailbox" (known keys: type, user, password, messages, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete)` + "\n"
+	want := "popgate: " + bad + `: line 6: backends.box: unknown key "mailbox" (known keys: type, user, password, messages, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header)` + "\n"
 	if code != exitUsage || errOut.String() != want {
 		t.Errorf("unknown key: status %d\nstderr %q\n  want %q", code, errOut.String(), want)
 	}

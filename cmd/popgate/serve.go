@@ -14,6 +14,7 @@ import (
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/config"
+	"github.com/popgate/popgate/internal/migration"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -109,6 +110,7 @@ type setup struct {
 	// backends are the running backends by name; a reload hands the
 	// unchanged ones to the next setup.
 	backends map[string]*running
+	mapper   *migration.Mapper // UIDL migration; kept across reloads while its settings stay
 }
 
 // close releases everything of the setup (at shutdown).
@@ -264,6 +266,8 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}
+	rt.mapper = uidlMapper(cfg, log, prev)
+	rt.options.UIDLMapper = rt.mapper
 	return rt, nil
 }
 

@@ -39,6 +39,8 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
 	Log Log `yaml:"log"`
+	// Migration holds the UIDL maps captured from a retired POP3 server.
+	Migration Migration `yaml:"migration"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`
@@ -189,6 +191,12 @@ type Shutdown struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
+// Migration configures UIDL migration (popgate uidl capture).
+type Migration struct {
+	// UIDLDir is where captured maps live (default /var/lib/popgate/uidl).
+	UIDLDir string `yaml:"uidl_dir"`
+}
+
 // Log controls the log output.
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
@@ -211,8 +219,9 @@ func Defaults() *Config {
 			MaxConnections:      1000,
 			MaxConnectionsPerIP: 0,
 		},
-		Shutdown: Shutdown{DrainTimeout: 30 * time.Second},
-		Log:      Log{Level: "info", Format: "json"},
+		Shutdown:  Shutdown{DrainTimeout: 30 * time.Second},
+		Log:       Log{Level: "info", Format: "json"},
+		Migration: Migration{UIDLDir: "/var/lib/popgate/uidl"},
 	}
 }
 

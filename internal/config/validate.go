@@ -39,6 +39,9 @@ func (c *Config) validate() Problems {
 	if c.Shutdown.DrainTimeout < 0 {
 		k.add("shutdown.drain_timeout", "must not be negative")
 	}
+	if c.Migration.UIDLDir == "" {
+		k.add("migration.uidl_dir", "must not be empty (default /var/lib/popgate/uidl)")
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

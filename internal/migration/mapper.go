@@ -99,14 +99,21 @@ func (mp *Mapper) loadMap(maildrop string) (*Map, error) {
 // (the map unreadable, the headers not fetched) fails the login: presenting
 // the store's own UIDLs would make the client download everything again.
 func (mp *Mapper) MapUIDLs(ctx context.Context, maildrop string, mb backends.Mailbox, msgs []backends.Message) ([]backends.Message, error) {
+	msgs, _, err := mp.MapWithStats(ctx, maildrop, mb, msgs)
+	return msgs, err
+}
+
+// MapWithStats is MapUIDLs, also returning what Match did (zero Stats when
+// the maildrop has neither a map nor a uidl_header).
+func (mp *Mapper) MapWithStats(ctx context.Context, maildrop string, mb backends.Mailbox, msgs []backends.Message) ([]backends.Message, Stats, error) {
 	backend, _, _ := strings.Cut(maildrop, "/")
 	header := mp.headers[backend]
 	old, err := mp.loadMap(maildrop)
 	if err != nil {
-		return nil, fmt.Errorf("uidl migration: %w", err)
+		return nil, Stats{}, fmt.Errorf("uidl migration: %w", err)
 	}
 	if old == nil && header == "" {
-		return msgs, nil
+		return msgs, Stats{Messages: len(msgs)}, nil
 	}
 	c, ok := mp.cache.Get(maildrop)
 	if !ok || c.header != header {
@@ -143,7 +150,7 @@ func (mp *Mapper) MapUIDLs(ctx context.Context, maildrop string, mb backends.Mai
 			fetched++
 		}
 		if err := fetchHeaders(ctx, mb, sub, fields, got); err != nil {
-			return nil, fmt.Errorf("uidl migration: reading headers: %w", err)
+			return nil, Stats{}, fmt.Errorf("uidl migration: reading headers: %w", err)
 		}
 	}
 	// Keep only the current messages: the cache never outgrows the mailbox.
@@ -190,7 +197,7 @@ func (mp *Mapper) MapUIDLs(ctx context.Context, maildrop string, mb backends.Mai
 			Int("x_uidl", st.XUIDL).Int("ambiguous", st.Ambiguous).Int("altered", st.Altered).
 			Int("old_unmatched", st.OldLeft).Int("headers_fetched", fetched).Msg("uidl migration")
 	}
-	return msgs, nil
+	return msgs, st, nil
 }
 
 // fetchHeaders reads the header fields of msgs through the store's

@@ -9,7 +9,6 @@ package e2e
 // Dovecot holds exactly the messages the workload did not delete.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -31,6 +30,7 @@ import (
 	"github.com/rs/zerolog"
 
 	imapbackend "github.com/popgate/popgate/backends/imap"
+	"github.com/popgate/popgate/internal/pop3client"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -304,95 +304,47 @@ func soakFlatness(s []soakSample) string {
 	return b.String()
 }
 
-// churnConn is a churn client's POP3 connection.
-type churnConn struct {
-	c net.Conn
-	r *bufio.Reader
-}
-
 // churnLogin logs in as u, retrying while the maildrop is still locked by
 // u's previous session (its upstream logout may not be finished: [IN-USE]
 // is the right answer then, RFC 2449 §8.1.1).
-func churnLogin(addr string, u *churnUser) (*churnConn, error) {
+func churnLogin(addr string, u *churnUser) (*pop3client.Client, error) {
 	for try := 0; ; try++ {
-		cc, err := churnLoginOnce(addr, u)
-		if err == nil || !strings.Contains(err.Error(), "[IN-USE]") || try == 50 {
-			return cc, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func churnLoginOnce(addr string, u *churnUser) (*churnConn, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	cc := &churnConn{c: c, r: bufio.NewReader(c)}
-	for _, cmd := range []string{"", "USER " + u.name, "PASS " + u.pass} {
-		if _, err := cc.status(cmd); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	return cc, nil
-}
-
-func (cc *churnConn) status(cmd string) (string, error) {
-	if cmd != "" {
-		if _, err := fmt.Fprintf(cc.c, "%s\r\n", cmd); err != nil {
-			return "", err
-		}
-	}
-	l, err := cc.r.ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("%q: %w", cmd, err)
-	}
-	if !strings.HasPrefix(l, "+OK") {
-		return l, fmt.Errorf("%q: %s", cmd, strings.TrimSpace(l))
-	}
-	return l, nil
-}
-
-func (cc *churnConn) body() ([]byte, error) {
-	var b bytes.Buffer
-	for {
-		l, err := cc.r.ReadString('\n')
+		c, err := pop3client.Dial(addr, pop3client.Options{TLS: pop3client.Plain, Timeout: time.Minute})
 		if err != nil {
 			return nil, err
 		}
-		if l == ".\r\n" {
-			return b.Bytes(), nil
+		if err = c.Login(u.name, u.pass); err == nil {
+			return c, nil
 		}
-		b.WriteString(strings.TrimPrefix(l, "."))
+		c.Close()
+		if !strings.Contains(err.Error(), "[IN-USE]") || try == 50 {
+			return nil, err
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
 // churnDelete retrieves and deletes message 1 and quits; after the QUIT's
 // +OK the message must be gone, and a new one is appended.
 func churnDelete(addr string, u *churnUser) error {
-	cc, err := churnLogin(addr, u)
+	c, err := churnLogin(addr, u)
 	if err != nil {
 		return err
 	}
-	defer cc.c.Close()
-	if _, err := cc.status("RETR 1"); err != nil {
+	defer c.Close()
+	var raw bytes.Buffer
+	if _, err := c.Retr(1, &raw); err != nil {
 		return err
 	}
-	raw, err := cc.body()
-	if err != nil {
-		return err
-	}
-	m := messageID.FindSubmatch(raw)
+	m := messageID.FindSubmatch(raw.Bytes())
 	if m == nil {
 		return fmt.Errorf("RETR 1: no Message-ID")
 	}
 	id := string(m[1])
-	if _, err := cc.status("DELE 1"); err != nil {
+	if err := c.Dele(1); err != nil {
 		return err
 	}
-	_, err = cc.status("QUIT")
+	err = c.Quit()
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if err != nil {
@@ -413,29 +365,30 @@ func churnDelete(addr string, u *churnUser) error {
 // churnDrop deletes message 1, starts RETR 2 and drops the connection:
 // nothing may be deleted.
 func churnDrop(addr string, u *churnUser) error {
-	cc, err := churnLogin(addr, u)
+	c, err := churnLogin(addr, u)
 	if err != nil {
 		return err
 	}
-	defer cc.c.Close()
-	if _, err := cc.status("DELE 1"); err != nil {
+	defer c.Close()
+	if err := c.Dele(1); err != nil {
 		return err
 	}
-	_, err = cc.status("RETR 2")
+	_, err = c.Cmd("RETR 2")
 	return err
 }
 
 // churnRset deletes message 1, then RSET and QUIT: nothing deleted.
 func churnRset(addr string, u *churnUser) error {
-	cc, err := churnLogin(addr, u)
+	c, err := churnLogin(addr, u)
 	if err != nil {
 		return err
 	}
-	defer cc.c.Close()
-	for _, cmd := range []string{"DELE 1", "RSET", "QUIT"} {
-		if _, err := cc.status(cmd); err != nil {
-			return err
-		}
+	defer c.Close()
+	if err := c.Dele(1); err != nil {
+		return err
 	}
-	return nil
+	if _, err := c.Cmd("RSET"); err != nil {
+		return err
+	}
+	return c.Quit()
 }

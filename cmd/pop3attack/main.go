@@ -38,7 +38,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -50,6 +49,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/popgate/popgate/internal/pop3client"
 )
 
 type config struct {
@@ -210,13 +211,19 @@ func run(cfg *config, out io.Writer) {
 	if cfg.attacks["garbage"] {
 		for _, kind := range garbageKinds {
 			wg.Add(1)
-			go func() { defer wg.Done(); report("garbage " + kind + ": " + garbage(t, kind, cfg.garbageN, cfg.conc).String()) }()
+			go func() {
+				defer wg.Done()
+				report("garbage " + kind + ": " + garbage(t, kind, cfg.garbageN, cfg.conc).String())
+			}()
 		}
 	}
 	if cfg.attacks["tls-flood"] {
 		if t.implicit != "" {
 			wg.Add(1)
-			go func() { defer wg.Done(); report("tls-flood implicit: " + tlsFlood(t, false, cfg.floodN, cfg.conc).String()) }()
+			go func() {
+				defer wg.Done()
+				report("tls-flood implicit: " + tlsFlood(t, false, cfg.floodN, cfg.conc).String())
+			}()
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); report("tls-flood stls: " + tlsFlood(t, true, cfg.floodN, cfg.conc).String()) }()
@@ -307,49 +314,21 @@ func probe(addr, user, pass string, n int, timeout time.Duration) *probeStats {
 
 func probeOnce(addr, user, pass string, timeout time.Duration) (login, retr time.Duration, err error) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	c, err := pop3client.Dial(addr, pop3client.Options{TLS: pop3client.Plain, Timeout: timeout})
 	if err != nil {
 		return 0, 0, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	r := bufio.NewReader(c)
-	status := func(cmd string) error {
-		if cmd != "" {
-			if _, err := io.WriteString(c, cmd+"\r\n"); err != nil {
-				return err
-			}
-		}
-		l, err := r.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("%q: %v", strings.Fields(cmd+" greeting")[0], err)
-		}
-		if !strings.HasPrefix(l, "+OK") {
-			return fmt.Errorf("%q: %s", strings.Fields(cmd+" greeting")[0], strings.TrimSpace(l))
-		}
-		return nil
-	}
-	for _, cmd := range []string{"", "USER " + user, "PASS " + pass} {
-		if err := status(cmd); err != nil {
-			return 0, 0, err
-		}
+	if err := c.Login(user, pass); err != nil {
+		return 0, 0, err
 	}
 	login = time.Since(start)
 	start = time.Now()
-	if err := status("RETR 1"); err != nil {
+	if _, err := c.Retr(1, nil); err != nil {
 		return 0, 0, err
 	}
-	for {
-		l, err := r.ReadString('\n')
-		if err != nil {
-			return 0, 0, fmt.Errorf("RETR 1: %v", err)
-		}
-		if l == ".\r\n" {
-			break
-		}
-	}
 	retr = time.Since(start)
-	return login, retr, status("QUIT")
+	return login, retr, c.Quit()
 }
 
 func percentile(d []time.Duration, p int) time.Duration {

@@ -312,8 +312,12 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
+	if err := d.srv.Update(rt.options); err != nil {
+		rt.retire(old) // close what was built for nothing
+		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
+		return
+	}
 	d.logs.set(logTarget)
-	d.srv.Update(rt.options)
 	old.retire(rt)
 	d.cur = rt
 	log.Info().Str("config", d.path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("configuration reloaded")

@@ -163,7 +163,8 @@ type Session struct {
 	LoginTimeout time.Duration `yaml:"login_timeout"`
 	// WriteTimeout is the deadline of every write to the client (default 1m).
 	WriteTimeout time.Duration `yaml:"write_timeout"`
-	// CommandTimeout bounds each backend call of a command (default 1m).
+	// CommandTimeout bounds each backend call on its own, and how long a
+	// message stream may wait for data from the store (default 1m).
 	CommandTimeout time.Duration `yaml:"command_timeout"`
 	// MaxErrors closes the connection after this many consecutive protocol
 	// faults (default proxy.DefaultMaxErrors, 20): unknown commands, commands

@@ -33,7 +33,9 @@ while read -r file t; do
 		else
 			res=FAIL
 			status=1
-			grep -E -- '--- FAIL|Failing input written to|panic:|go test -run' "$out" | head -20
+			if ! grep -E -- '--- FAIL|Failing input written to|panic:|go test -run' "$out" | head -20; then
+				tail -15 "$out"
+			fi
 		fi
 		summary+=("$(printf '%-5s %-22s %-22s execs=%-12s new_interesting=%s' "$res" "$pkg" "$t" "${execs:-?}" "${newc:-?}")")
 	}

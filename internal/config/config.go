@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/popgate/popgate/internal/oauth"
 	"github.com/popgate/popgate/internal/strictyaml"
 	"github.com/popgate/popgate/proxy"
 )
@@ -41,6 +42,12 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Migration holds the UIDL maps captured from a retired POP3 server.
 	Migration Migration `yaml:"migration"`
+	// Credentials are named OAuth2 upstream credentials (Microsoft 365
+	// client credentials, a Gmail refresh token); see package oauth.
+	Credentials map[string]*oauth.CredentialConfig `yaml:"credentials"`
+	// TokenStore is the encrypted file holding the credentials' tokens;
+	// required when Credentials is not empty.
+	TokenStore *oauth.StoreConfig `yaml:"token_store"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`

@@ -21,11 +21,6 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	c, err := config.Load(*path, storeTypes)
-	if err == nil {
-		if ps := checkTLS(c); len(ps) > 0 {
-			err = &config.FileError{Path: *path, Err: ps}
-		}
-	}
 	if err != nil {
 		printConfigProblems(stderr, *path, err)
 		return exitUsage
@@ -65,12 +60,8 @@ func summarize(w io.Writer, c *config.Config) {
 		fmt.Fprintf(w, "tls: none configured\n")
 	case c.TLS.ACME != nil:
 		a := c.TLS.ACME
-		ca := a.CA
-		if ca == "" {
-			ca = "Let's Encrypt"
-		}
 		fmt.Fprintf(w, "tls: ACME certificate for %s from %s (challenge %s, storage %s)\n",
-			strings.Join(a.Domains, ", "), ca, a.Challenge, a.Storage)
+			strings.Join(a.Domains, ", "), a.Directory(), a.ChallengeType(), a.StorageDir())
 	default:
 		fmt.Fprintf(w, "tls: certificate %s, key %s\n", c.TLS.CertFile, c.TLS.KeyFile)
 	}

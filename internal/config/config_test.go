@@ -10,6 +10,7 @@ import (
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/imap"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 const good = `
@@ -240,8 +241,8 @@ routes: [{match: "*", backend: m}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TLS.ACME.Storage != DefaultACMEStorage {
-		t.Errorf("storage default = %q", c.TLS.ACME.Storage)
+	if a := c.TLS.ACME; a.StorageDir() != tlsconf.DefaultACMEStorage || a.ChallengeType() != tlsconf.ChallengeHTTP || a.Directory() != tlsconf.LetsEncryptProduction {
+		t.Errorf("acme = %+v: storage %q, challenge %q, directory %q", a, a.StorageDir(), a.ChallengeType(), a.Directory())
 	}
 }
 

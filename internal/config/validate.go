@@ -2,12 +2,12 @@ package config
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/netconf"
-	"github.com/popgate/popgate/tlsconf"
+	"github.com/popgate/popgate/internal/strictyaml"
 )
 
 // Validate checks the values of a parsed configuration and returns every
@@ -88,79 +88,9 @@ func (k *checker) listeners() {
 	}
 }
 
-func checkFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		if pe, ok := err.(*os.PathError); ok {
-			return fmt.Errorf("%s: %v", path, pe.Err)
-		}
-		return err
-	}
-	return f.Close()
-}
-
 func (k *checker) tls() {
-	t := k.c.TLS
-	if t == nil {
-		return
-	}
-	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
-		k.add("tls.min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", t.MinVersion)
-	}
-	static := t.CertFile != "" || t.KeyFile != ""
-	switch {
-	case static && t.ACME != nil:
-		k.add("tls", "use either cert_file/key_file or acme, not both")
-	case !static && t.ACME == nil:
-		k.add("tls", "set cert_file and key_file, or acme")
-	case static:
-		for _, f := range []struct{ key, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
-			if f.path == "" {
-				k.add("tls."+f.key, "required with %s", map[string]string{"cert_file": "key_file", "key_file": "cert_file"}[f.key])
-			} else if err := checkFile(f.path); err != nil {
-				k.add("tls."+f.key, "%v", err)
-			}
-		}
-	default:
-		a := t.ACME
-		if len(a.Domains) == 0 {
-			k.add("tls.acme.domains", "at least one domain is required")
-		}
-		for i, d := range a.Domains {
-			if d == "" || strings.ContainsAny(d, " /:@") {
-				k.add(fmt.Sprintf("tls.acme.domains[%d]", i), "%q is not a domain name", d)
-			}
-		}
-		if a.CA != "" && !strings.HasPrefix(a.CA, "https://") {
-			k.add("tls.acme.ca", "%q is not an https:// directory URL", a.CA)
-		}
-		if a.CARoot != "" {
-			if err := checkFile(a.CARoot); err != nil {
-				k.add("tls.acme.ca_root", "%v", err)
-			}
-		}
-		switch a.Challenge {
-		case "tls-alpn":
-			if a.HTTPAddress != "" {
-				k.add("tls.acme.http_address", "only used with challenge: http")
-			}
-			if a.TLSALPNAddress != "" {
-				if err := netconf.CheckAddress(a.TLSALPNAddress); err != nil {
-					k.add("tls.acme.tls_alpn_address", "%v", err)
-				}
-			}
-		case "http":
-			if a.HTTPAddress != "" {
-				if err := netconf.CheckAddress(a.HTTPAddress); err != nil {
-					k.add("tls.acme.http_address", "%v", err)
-				}
-			}
-			if a.TLSALPNAddress != "" {
-				k.add("tls.acme.tls_alpn_address", "only used with challenge: tls-alpn")
-			}
-		default:
-			k.add("tls.acme.challenge", "unknown challenge %q (want tls-alpn or http)", a.Challenge)
-		}
+	if t := k.c.TLS; t != nil {
+		t.Check(func(key, format string, args ...any) { k.add(strictyaml.Join("tls", key), format, args...) })
 	}
 }
 
@@ -189,16 +119,8 @@ func (k *checker) routes() {
 	}
 	for i, r := range c.Routes {
 		p := fmt.Sprintf("routes[%d]", i)
-		switch {
-		case r.Match == "":
-			k.add(p+".match", "required (\"*\", \"*@example.com\" or a login name)")
-		case r.Match == "*":
-		case strings.HasPrefix(r.Match, "*@"):
-			if dom := r.Match[2:]; dom == "" || strings.ContainsAny(dom, "*@ ") {
-				k.add(p+".match", "%q: want \"*@\" followed by a domain", r.Match)
-			}
-		case strings.Contains(r.Match, "*"):
-			k.add(p+".match", "%q: a wildcard is only allowed as \"*\" or \"*@domain\"", r.Match)
+		if err := backends.CheckMatch(r.Match); err != nil {
+			k.add(p+".match", "%v", err)
 		}
 		if r.Backend == "" {
 			k.add(p+".backend", "required")

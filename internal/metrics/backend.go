@@ -52,10 +52,6 @@ type timedMailbox struct {
 	mb   backends.Mailbox
 }
 
-// Unwrap returns the wrapped Mailbox, so that its optional interfaces
-// (backends.HeaderFetcher, …) are found with backends.Find.
-func (t *timedMailbox) Unwrap() backends.Mailbox { return t.mb }
-
 func (t *timedMailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	defer t.m.Time(t.name, OpSnapshot)()
 	return t.mb.Snapshot(ctx)

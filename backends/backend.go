@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"time"
 )
 
 // Backend authenticates a user against one store and opens the maildrop.
@@ -61,6 +62,8 @@ type Credentials struct {
 	RemoteAddr net.Addr
 	// TLS reports whether the client connection is encrypted.
 	TLS bool
+	// Listener names the listener the client connected to ("" if unknown).
+	Listener string
 }
 
 // String describes the credentials without the secret, so that a %v in a
@@ -87,4 +90,11 @@ func MaildropID(mb Mailbox, c Credentials) string {
 		}
 	}
 	return c.Username
+}
+
+// LoginDelayer is an optional interface of a Mailbox: the minimum time
+// between two logins to this maildrop that applies to the session, which
+// CAPA announces after login (RFC 2449 §6.5). 0: none.
+type LoginDelayer interface {
+	LoginDelay() time.Duration
 }

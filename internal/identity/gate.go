@@ -46,6 +46,7 @@ type Options struct {
 type Gate struct {
 	o       Options
 	limiter *throttle.Limiter
+	sleep   func(context.Context, time.Duration) bool // throttle.Sleep; tests record instead
 }
 
 // New returns a Gate.
@@ -53,7 +54,7 @@ func New(o Options) *Gate {
 	if o.Store == nil {
 		o.Store = throttle.NewMemory(0)
 	}
-	return &Gate{o: o, limiter: &throttle.Limiter{Store: o.Store, Policy: o.Policy}}
+	return &Gate{o: o, limiter: &throttle.Limiter{Store: o.Store, Policy: o.Policy}, sleep: throttle.Sleep}
 }
 
 // LoginDelay is the global minimum time between logins (session.login_delay).
@@ -95,7 +96,8 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 	if err != nil {
 		log.Warn().Err(err).Msg("login state unavailable: no failure delay applied")
 	}
-	if !throttle.Sleep(ctx, g.o.Policy.Delay(n)) {
+	waited := g.o.Policy.Delay(n)
+	if !g.sleep(ctx, waited) {
 		return nil, backends.ErrUnavailable.Wrap(ctx.Err())
 	}
 
@@ -103,7 +105,7 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 	if err != nil {
 		var rej *Rejected
 		if errors.As(err, &rej) {
-			return nil, g.failed(ctx, log, addr, c.Username, start, rej)
+			return nil, g.failed(ctx, log, addr, c.Username, start, waited, rej)
 		}
 		log.Warn().Err(err).Msg("login could not be decided")
 		return nil, backends.ErrUnavailable.Wrap(err)
@@ -149,7 +151,7 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 		switch {
 		case code == backends.CodeAuth && g.o.Source == nil:
 			// Pass-through: the upstream is the judge of the password.
-			return nil, g.failed(ctx, log, addr, c.Username, start, &Rejected{Reason: err.Error()})
+			return nil, g.failed(ctx, log, addr, c.Username, start, waited, &Rejected{Reason: err.Error()})
 		case code == backends.CodeAuth:
 			// The device's password was right; the account's upstream
 			// credentials are not: the operator's problem, not the device's.
@@ -203,9 +205,10 @@ func (g *Gate) identify(ctx context.Context, c backends.Credentials) (*Identity,
 	return &cp, nil
 }
 
-// failed records a failure, waits until the answer is due and returns the
-// error for -ERR [AUTH] (RFC 3206 §4).
-func (g *Gate) failed(ctx context.Context, log zerolog.Logger, addr, user string, start time.Time, rej *Rejected) error {
+// failed records a failure, waits until the answer is due (the delay the
+// new count earns, counted from the start of the attempt, of which waited
+// passed already) and returns the error for -ERR [AUTH] (RFC 3206 §4).
+func (g *Gate) failed(ctx context.Context, log zerolog.Logger, addr, user string, start time.Time, waited time.Duration, rej *Rejected) error {
 	n, err := g.limiter.Fail(context.WithoutCancel(ctx), addr, user)
 	if err != nil {
 		log.Warn().Err(err).Msg("login state unavailable: failure not recorded")
@@ -216,7 +219,7 @@ func (g *Gate) failed(ctx context.Context, log zerolog.Logger, addr, user string
 		due = max(due, min(rej.RetryAfter, max(g.o.Policy.Max, g.o.Policy.Base)))
 	}
 	log.Info().Str("reason", rej.Reason).Int("failures", n).Dur("delay", due).Msg("login rejected")
-	throttle.Sleep(ctx, due-time.Since(start))
+	g.sleep(ctx, due-max(waited, time.Since(start)))
 	return backends.ErrAuthFailed.Wrap(rej)
 }
 

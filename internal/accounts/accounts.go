@@ -385,15 +385,16 @@ func (f *File) Watch(interval time.Duration) {
 		f.mu.Unlock()
 		return
 	}
-	f.stop, f.done = make(chan struct{}), make(chan struct{})
+	stop, done := make(chan struct{}), make(chan struct{})
+	f.stop, f.done = stop, done
 	f.mu.Unlock()
 	go func() {
-		defer close(f.done)
+		defer close(done)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
-			case <-f.stop:
+			case <-stop:
 				return
 			case <-t.C:
 				if f.changed() {

@@ -12,12 +12,19 @@ import (
 )
 
 // Backend authenticates a user against one store and opens the maildrop.
+// It is safe for concurrent use: every POP3 session calls Login on it.
 //
 // Login returns an *Error with CodeAuth when the store rejects the
 // credentials, and an *Error with CodeSysTemp (or a plain error, which the
 // proxy turns into [SYS/TEMP]) when the store cannot be reached or fails.
+//
+// Close releases what the backend holds across sessions (connection
+// pools, caches, background work). The gateway calls it once, on shutdown,
+// or after a reload replaced the backend and the last session it served
+// has ended; no Login is called after Close.
 type Backend interface {
 	Login(ctx context.Context, c Credentials) (Mailbox, error)
+	Close() error
 }
 
 // Mailbox is one session's view of a maildrop. The proxy calls its methods

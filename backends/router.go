@@ -139,6 +139,11 @@ func (rt *Router) LoginTo(ctx context.Context, backend string, c Credentials) (M
 	return &routedMailbox{Mailbox: mb, id: id}, nil
 }
 
+// Close implements Backend. The router owns none of its backends (a reload
+// may hand them to the next router), so it closes nothing: whoever built
+// the backends closes them.
+func (rt *Router) Close() error { return nil }
+
 // routedMailbox is the Mailbox of a backend behind the router, with the
 // backend name in its maildrop id.
 type routedMailbox struct {

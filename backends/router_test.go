@@ -32,6 +32,8 @@ func (m *recMailbox) Commit(context.Context, []Message) error { return nil }
 func (m *recMailbox) Close() error                            { return nil }
 func (m *recMailbox) MaildropID() string                      { return m.id }
 
+func (r *recorder) Close() error { return nil }
+
 func (r *recorder) Login(_ context.Context, c Credentials) (Mailbox, error) {
 	r.got = append(r.got, c)
 	if r.fail != nil {

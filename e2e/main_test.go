@@ -117,9 +117,10 @@ func newUser(t *testing.T, name string) string {
 
 // gateway is a running `popgate serve` (or Dovecot's POP3 with -reference).
 type gateway struct {
-	addr    string
-	logPath string
-	secrets []string
+	addr       string
+	logPath    string
+	configPath string
+	secrets    []string
 }
 
 // host and port of the gateway's plaintext POP3 listener.
@@ -130,6 +131,13 @@ func (g *gateway) port() string { _, p := splitHostPort(g.addr); return p }
 // plaintext listener on a free loopback port, until the end of t. secrets
 // must never appear in popgate's log (DESIGN invariant 8).
 func startGateway(t *testing.T, secrets ...string) *gateway {
+	t.Helper()
+	return startGatewayWith(t, "", secrets...)
+}
+
+// startGatewayWith is startGateway with extra top-level YAML appended to
+// the configuration.
+func startGatewayWith(t *testing.T, extra string, secrets ...string) *gateway {
 	t.Helper()
 	if *reference {
 		return &gateway{addr: dc.POP3Addr()}
@@ -157,8 +165,16 @@ auth:
 log:
   level: debug
   format: json
-`, g.addr, dc.Addr())
+`, g.addr, dc.Addr()) + extra
+	return runGateway(t, g, dir, conf)
+}
+
+// runGateway starts popgate serve with configuration conf (written to
+// dir) for g, until the end of t, and waits for its greeting.
+func runGateway(t *testing.T, g *gateway, dir, conf string) *gateway {
+	t.Helper()
 	confPath := filepath.Join(dir, "popgate.yaml")
+	g.configPath = confPath
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -24,9 +24,9 @@
 //
 // Command lines are at most 255 octets (RFC 2449 §4); longer ones are
 // answered -ERR and dropped without being buffered. AUTH lines and SASL
-// continuation lines may be 32 KiB. MaxErrors consecutive -ERR answers or
-// MaxAuthFailures failed logins close the connection; each failed login
-// waits AuthFailureDelay first. Connections over MaxConns or MaxConnsPerIP
+// continuation lines may be 32 KiB. MaxErrors consecutive protocol faults
+// (see Options.MaxErrors for what counts) or MaxAuthFailures failed logins
+// close the connection; each failed login waits AuthFailureDelay first. Connections over MaxConns or MaxConnsPerIP
 // get "-ERR [SYS/TEMP] too many connections".
 //
 // # Logging

@@ -65,6 +65,9 @@ func (ss *session) cmdAUTH(rest []byte) act {
 		if errors.Is(err, errSASLAuth) {
 			return ss.authFailed(c.Username, mech, err, "")
 		}
+		if errors.Is(err, errSASLCancelled) {
+			return ss.refuse(backends.CodeNone, err.Error()) // RFC 5034 §4: a client's right
+		}
 		return ss.fail(backends.CodeNone, err.Error())
 	}
 	return ss.login(c)

@@ -43,13 +43,32 @@ type Options struct {
 	CommandTimeout   time.Duration // deadline of each backend call (Login/Snapshot/Open/Commit); default 60s
 	AuthFailureDelay time.Duration // default 2s; negative: no delay
 	MaxAuthFailures  int           // per connection, default 3
-	MaxErrors        int           // consecutive -ERR answers before close, default 10
-	MaxConns         int           // 0 = unlimited
-	MaxConnsPerIP    int           // 0 = unlimited
-	LoginDelay       time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
-	Expire           string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
-	Implementation   string        // CAPA IMPLEMENTATION; default "popgate"
-	Logger           zerolog.Logger
+	// MaxErrors closes the connection after this many consecutive protocol
+	// faults (default DefaultMaxErrors): unknown commands, commands not valid
+	// in the current state, missing, extra or malformed arguments (a message
+	// number that is not a decimal number included), overlong lines. Answers
+	// about well-formed message numbers that are deleted or out of range,
+	// upstream failures and failed logins (see MaxAuthFailures) do not count,
+	// and do not reset the count; a +OK resets it.
+	MaxErrors      int
+	MaxConns       int           // open connections, all listeners together; 0 = unlimited
+	MaxConnsPerIP  int           // open connections from one client address; 0 = unlimited (the default: NAT)
+	LoginDelay     time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
+	Expire         string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
+	Implementation string        // CAPA IMPLEMENTATION; default "popgate"
+	// UIDLMapper, when set, may change the UIDLs of every snapshot before
+	// the session presents them (UIDL migration); its error fails the login
+	// with [SYS/TEMP].
+	UIDLMapper UIDLMapper
+	Logger     zerolog.Logger
+}
+
+// UIDLMapper rewrites the UIDLs of a snapshot just taken from mb, the
+// maildrop locked under key maildrop. The result must keep the order and
+// the sizes, and give every message a UIDL that is valid and unique
+// (RFC 1939 §7); the proxy checks it like any snapshot.
+type UIDLMapper interface {
+	MapUIDLs(ctx context.Context, maildrop string, mb backends.Mailbox, msgs []backends.Message) ([]backends.Message, error)
 }
 
 // Defaults of Options.
@@ -60,7 +79,7 @@ const (
 	DefaultCommandTimeout   = 60 * time.Second
 	DefaultAuthFailureDelay = 2 * time.Second
 	DefaultMaxAuthFailures  = 3
-	DefaultMaxErrors        = 10
+	DefaultMaxErrors        = 20
 )
 
 func (o Options) withDefaults() Options {

@@ -354,15 +354,12 @@ func (ss *session) ok(text string) {
 	ss.w.WriteString("\r\n")
 }
 
-// fail writes a negative answer with an optional response code (RFC 2449
-// §8) and closes the connection after MaxErrors consecutive ones.
+// fail answers a protocol fault: an unknown command, a command not valid in
+// the current state, missing, extra or malformed arguments, an overlong
+// line. Consecutive faults are counted, and the connection is closed at
+// MaxErrors (a success resets the count, see ok).
 func (ss *session) fail(code backends.Code, text string) act {
-	ss.w.WriteString("-ERR ")
-	if code != backends.CodeNone {
-		ss.w.WriteString("[" + string(code) + "] ")
-	}
-	ss.w.WriteString(text)
-	ss.w.WriteString("\r\n")
+	ss.writeErr(code, text)
 	ss.errs++
 	if ss.errs >= ss.o.MaxErrors {
 		ss.log.Info().Int("errors", ss.errs).Msg("too many consecutive errors, closing")
@@ -372,14 +369,34 @@ func (ss *session) fail(code backends.Code, text string) act {
 	return actContinue
 }
 
+// refuse answers a well-formed command that cannot be served: a message
+// number that is deleted or out of range, an upstream failure, a failed
+// login (counted by authFailed instead). It does not count toward MaxErrors:
+// such answers are normal in a correct client's session.
+func (ss *session) refuse(code backends.Code, text string) act {
+	ss.writeErr(code, text)
+	return actContinue
+}
+
+// writeErr writes a negative answer with an optional response code (RFC
+// 2449 §8).
+func (ss *session) writeErr(code backends.Code, text string) {
+	ss.w.WriteString("-ERR ")
+	if code != backends.CodeNone {
+		ss.w.WriteString("[" + string(code) + "] ")
+	}
+	ss.w.WriteString(text)
+	ss.w.WriteString("\r\n")
+}
+
 // backendFail answers a backend error: code and text from ClientError, the
-// detail to the log only.
+// detail to the log only. Not a protocol fault.
 func (ss *session) backendFail(op string, err error) act {
 	code, text := backends.ClientError(err)
 	if !errors.Is(err, backends.ErrMessageGone) {
 		ss.log.Warn().Err(err).Str("op", op).Msg("backend call failed")
 	}
-	return ss.fail(code, text)
+	return ss.refuse(code, text)
 }
 
 // isAuthLine reports whether a command line starts with "AUTH ": such a
@@ -576,11 +593,11 @@ func (ss *session) login(c backends.Credentials) act {
 			return ss.authFailed(c.Username, c.Mechanism, err, text)
 		}
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
-		return ss.fail(code, text)
+		return ss.refuse(code, text)
 	}
 	if mb == nil {
 		ss.log.Error().Str("user", c.Username).Msg("backend returned no mailbox and no error")
-		return ss.fail(backends.CodeSysTemp, "internal error, try again later")
+		return ss.refuse(backends.CodeSysTemp, "internal error, try again later")
 	}
 	key := backends.MaildropID(mb, c)
 	unlock, err := ss.o.Locker.TryLock(ctx, key)
@@ -588,14 +605,17 @@ func (ss *session) login(c backends.Credentials) act {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
 			ss.log.Info().Str("user", c.Username).Msg("maildrop in use")
-			return ss.fail(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
+			return ss.refuse(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
 		}
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
-		return ss.fail(backends.CodeSysTemp, "cannot lock maildrop, try again later")
+		return ss.refuse(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock = mb, unlock
 	msgs, err := mb.Snapshot(ctx)
+	if err == nil && ss.o.UIDLMapper != nil {
+		msgs, err = ss.o.UIDLMapper.MapUIDLs(ctx, key, mb, msgs)
+	}
 	var snap *snapshot
 	if err == nil {
 		snap, err = newSnapshot(msgs) // the backend's slice is garbage from here on
@@ -630,7 +650,7 @@ func (ss *session) authFailed(user, mech string, err error, text string) act {
 	if text == "" {
 		text = backends.ErrAuthFailed.Text
 	}
-	a := ss.fail(backends.CodeAuth, text)
+	a := ss.refuse(backends.CodeAuth, text)
 	if ss.authFailures >= ss.o.MaxAuthFailures {
 		ss.end = endError
 		return actClose
@@ -666,19 +686,21 @@ func parseNumber(s string) (int, bool) {
 }
 
 // message resolves a message-number argument to its index (RFC 1939 §5:
-// deleted messages are not to be referred to).
-func (ss *session) message(arg string) (int, string) {
-	n, ok := parseNumber(arg)
-	if !ok {
-		return 0, "invalid message number"
+// deleted messages are not to be referred to). When it cannot, it answers
+// -ERR itself and returns ok false: a malformed number is a protocol fault,
+// a well-formed one that is out of range or deleted is not.
+func (ss *session) message(arg string) (i int, a act, ok bool) {
+	n, valid := parseNumber(arg)
+	if !valid {
+		return 0, ss.fail(backends.CodeNone, "invalid message number"), false
 	}
 	if n < 1 || n > ss.snap.len() {
-		return 0, "no such message, only " + strconv.Itoa(ss.snap.len()) + " messages in maildrop"
+		return 0, ss.refuse(backends.CodeNone, "no such message, only "+strconv.Itoa(ss.snap.len())+" messages in maildrop"), false
 	}
 	if ss.snap.deleted(n - 1) {
-		return 0, "message " + strconv.Itoa(n) + " already deleted"
+		return 0, ss.refuse(backends.CodeNone, "message "+strconv.Itoa(n)+" already deleted"), false
 	}
-	return n - 1, ""
+	return n - 1, actContinue, true
 }
 
 // cmdSTAT answers "+OK nn mm" (RFC 1939 §5).
@@ -727,9 +749,9 @@ func (ss *session) cmdLIST(rest []byte, uidl bool) act {
 		ss.w.WriteString(".\r\n")
 		return actContinue
 	case 1:
-		i, msg := ss.message(args[0])
-		if msg != "" {
-			return ss.fail(backends.CodeNone, msg)
+		i, a, ok := ss.message(args[0])
+		if !ok {
+			return a
 		}
 		ss.errs = 0
 		ss.w.WriteString("+OK ")
@@ -763,9 +785,9 @@ func (ss *session) cmdRETR(rest []byte, top bool) act {
 	} else if len(args) != 1 {
 		return ss.fail(backends.CodeNone, "RETR needs one message number")
 	}
-	i, msg := ss.message(args[0])
-	if msg != "" {
-		return ss.fail(backends.CodeNone, msg)
+	i, a, ok := ss.message(args[0])
+	if !ok {
+		return a
 	}
 	m := ss.snap.msg(i)
 
@@ -845,9 +867,9 @@ func (ss *session) cmdDELE(rest []byte) act {
 	if len(args) != 1 {
 		return ss.fail(backends.CodeNone, "DELE needs one message number")
 	}
-	i, msg := ss.message(args[0])
-	if msg != "" {
-		return ss.fail(backends.CodeNone, msg)
+	i, a, ok := ss.message(args[0])
+	if !ok {
+		return a
 	}
 	ss.snap.markDeleted(i)
 	ss.ok("message " + strconv.Itoa(i+1) + " deleted")
@@ -903,7 +925,7 @@ func (ss *session) cmdQUIT(rest []byte) act {
 			if code == backends.CodeNone {
 				code = backends.CodeSysTemp
 			}
-			ss.fail(code, text)
+			ss.writeErr(code, text)
 			ss.end = endCommitFailed
 			return actClose
 		}

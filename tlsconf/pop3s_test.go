@@ -29,6 +29,8 @@ func (b *oneMessage) Login(_ context.Context, c backends.Credentials) (backends.
 	return oneMailbox{}, nil
 }
 
+func (b *oneMessage) Close() error { return nil }
+
 type oneMailbox struct{}
 
 func (oneMailbox) Snapshot(context.Context) ([]backends.Message, error) {

@@ -19,19 +19,53 @@ import (
 )
 
 // Upstream holds the TLS settings toward an upstream store, shared by every
-// backend type. The zero value verifies the server against the system roots
+// backend type that dials a network store: it embeds Upstream in its
+// configuration with `yaml:",inline"` (keys server_name, ca_file,
+// min_version, insecure_skip_verify) and checks it with
+// Check. The zero value verifies the server against the system roots
 // with TLS 1.2 or later.
 type Upstream struct {
 	// ServerName overrides the name verified in the server certificate (and
 	// sent as SNI). Empty: the host part of the dialed address.
-	ServerName string
+	ServerName string `yaml:"server_name"`
 	// CAFile is a PEM bundle of extra trusted roots. Empty: system roots only.
-	CAFile string
+	CAFile string `yaml:"ca_file"`
 	// MinVersion is "1.0", "1.1", "1.2" or "1.3". Empty: "1.2".
-	MinVersion string
+	MinVersion string `yaml:"min_version"`
 	// InsecureSkipVerify turns certificate verification off. The caller logs
 	// a warning at start when it is set.
-	InsecureSkipVerify bool
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Check reports the problems of u to add, by key (min_version, ca_file;
+// tls for settings that make no sense because the store is reached without
+// TLS: tlsOn false). A backend type's Check passes its Checker's Add.
+func (u Upstream) Check(tlsOn bool, add func(key, format string, args ...any)) {
+	if _, err := ParseVersion(u.MinVersion); err != nil {
+		add("min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", u.MinVersion)
+	}
+	if u.CAFile != "" {
+		if f, err := os.Open(u.CAFile); err != nil {
+			if pe, ok := err.(*os.PathError); ok {
+				err = fmt.Errorf("%s: %v", u.CAFile, pe.Err)
+			}
+			add("ca_file", "%v", err)
+		} else {
+			f.Close()
+		}
+	}
+	if !tlsOn && (u.CAFile != "" || u.ServerName != "" || u.InsecureSkipVerify || u.MinVersion != "") {
+		add("tls", "none, but server_name, ca_file, min_version or insecure_skip_verify is set")
+	}
+}
+
+// Summary is ", certificate NOT verified" when verification is off, else
+// "": what check-config appends to a backend's TLS mode.
+func (u Upstream) Summary() string {
+	if u.InsecureSkipVerify {
+		return ", certificate NOT verified"
+	}
+	return ""
 }
 
 // ClientConfig returns the *tls.Config for dialing host (the host part of

@@ -47,33 +47,12 @@ type Backend struct {
 
 var _ backends.Backend = (*Backend)(nil)
 
-// New checks cfg, applies the defaults and returns the backend. It logs a
-// warning when certificate verification is turned off.
+// New checks cfg and returns the backend. cfg holds every value: start
+// from DefaultConfig. It logs a warning when certificate verification is
+// turned off.
 func New(cfg Config, log zerolog.Logger) (*Backend, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := backends.CheckConfig(&cfg); err != nil {
 		return nil, err
-	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
-	}
-	if cfg.CommandTimeout == 0 {
-		cfg.CommandTimeout = DefaultCommandTimeout
-	}
-	cfg.Mailbox = cfg.mailbox()
-	if cfg.UIDLTemplate == "" {
-		cfg.UIDLTemplate = DefaultUIDLTemplate
-	}
-	if cfg.Delete.Policy == "" {
-		cfg.Delete.Policy = PolicyExpunge
-	}
-	if cfg.Delete.Policy == PolicyFlag && cfg.Delete.Keyword == "" {
-		cfg.Delete.Keyword = DefaultKeyword
-	}
-	if cfg.ChunkSize == 0 {
-		cfg.ChunkSize = DefaultChunkSize
-	}
-	if cfg.SnapshotCache == 0 {
-		cfg.SnapshotCache = DefaultSnapshotCache
 	}
 	t, err := parseUIDLTemplate(cfg.UIDLTemplate)
 	if err != nil {
@@ -83,7 +62,7 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 		cfg:      cfg,
 		log:      log.With().Str("backend", cfg.Name).Logger(),
 		uidl:     t,
-		markSeen: cfg.MarkSeen == nil || *cfg.MarkSeen,
+		markSeen: cfg.MarkSeen,
 		keyword:  imap.Flag(cfg.Delete.Keyword),
 		chunk:    cfg.ChunkSize,
 		cache:    newSnapCache(cfg.SnapshotCache),
@@ -251,4 +230,14 @@ func (b *Backend) putBuf(buf *[]byte) {
 			return
 		}
 	}
+}
+
+// Close implements backends.Backend: it drops the snapshot cache. Every
+// session holds its own upstream connection, closed with its Mailbox, so
+// nothing else is open.
+func (b *Backend) Close() error {
+	if b.cache != nil {
+		b.cache.c.Purge()
+	}
+	return nil
 }

@@ -36,13 +36,13 @@ func newCacheCase(t *testing.T, st store, cfg func(*Config)) *cacheCase {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.SnapshotCache = -1
+	c.SnapshotCache = 0
 	fresh, err := New(c, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fresh.cache != nil {
-		t.Fatal("SnapshotCache -1 did not disable the cache")
+		t.Fatal("SnapshotCache 0 did not disable the cache")
 	}
 	return &cacheCase{t: t, md: md, cached: cached, fresh: fresh}
 }
@@ -88,7 +88,7 @@ func (cc *cacheCase) check(step string, hit bool, wantLen int) []backends.Messag
 func (cc *cacheCase) other(f func(c *imapclient.Client)) {
 	c := cc.md.st.dial(cc.t, cc.md.user, cc.md.pass)
 	defer c.Close()
-	if _, err := c.Select(cc.md.config(backendtest.Policy{}).mailbox(), nil).Wait(); err != nil {
+	if _, err := c.Select(cc.md.config(backendtest.Policy{}).Mailbox, nil).Wait(); err != nil {
 		cc.t.Fatal(err)
 	}
 	f(c)
@@ -192,10 +192,10 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 // TestSnapshotCacheKeyword: with policy flag, the keyword set by another
 // popgate (or any client) hides the message at once.
 func TestSnapshotCacheKeyword(t *testing.T) {
-	cc := newCacheCase(t, sharedDovecot(t), func(c *Config) { c.Delete = DeleteConfig{Policy: PolicyFlag} })
+	cc := newCacheCase(t, sharedDovecot(t), func(c *Config) { c.Delete.Policy = backends.PolicyFlag })
 	cc.check("first login", false, 4)
 	cc.check("unchanged", true, 4)
-	cc.store(cc.md.uids[2], imap.StoreFlagsAdd, DefaultKeyword)
+	cc.store(cc.md.uids[2], imap.StoreFlagsAdd, backends.DefaultDeleteKeyword)
 	cc.check("after the keyword", false, 3)
 	cc.check("unchanged after the keyword", true, 3)
 }
@@ -295,7 +295,7 @@ func BenchmarkLoginSnapshot(b *testing.B) {
 		for _, tc := range []struct {
 			name  string
 			cache int
-		}{{"cache", 0}, {"nocache", -1}} {
+		}{{"cache", backends.DefaultSnapshotCache}, {"nocache", 0}} {
 			b.Run(fmt.Sprintf("%d/%s", n, tc.name), func(b *testing.B) {
 				c := md.config(backendtest.Policy{})
 				c.SnapshotCache = tc.cache

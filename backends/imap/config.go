@@ -3,153 +3,134 @@ package imap
 import (
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/netconf"
 	"github.com/popgate/popgate/tlsconf"
 )
 
-// Defaults applied by New for zero values.
+// Type is the imap store type: `type: imap` in a backend section.
+var Type = backends.Type{Name: "imap", New: func() backends.Config { c := DefaultConfig(); return &c }}
+
+// Defaults of the IMAP-only keys (the shared ones are backends.DefaultStore).
 const (
-	DefaultDialTimeout    = 10 * time.Second
-	DefaultCommandTimeout = 30 * time.Second
-	DefaultMailbox        = "INBOX"
+	DefaultMailbox = "INBOX"
 	// DefaultUIDLTemplate is Dovecot's default pop3_uidl_format: the UID
 	// then the UIDVALIDITY, each as 8 hex digits (lowercase, as Dovecot
 	// writes them), so clients moving from Dovecot's POP3 keep their UIDLs.
 	DefaultUIDLTemplate = "%08Xu%08Xv"
-	DefaultKeyword      = "$POP3Deleted"
 	// DefaultChunkSize is how many octets of a message one UID FETCH
 	// BODY.PEEK[]<offset.size> reads.
 	DefaultChunkSize = 1 << 20
-	// DefaultSnapshotCache is how many maildrops' listings the snapshot
-	// cache keeps (about 4 octets per message each).
-	DefaultSnapshotCache = 10000
 )
 
-// Delete policies.
-const (
-	PolicyExpunge = "expunge"
-	PolicyMove    = "move"
-	PolicyFlag    = "flag"
-	PolicyKeep    = "keep"
-)
-
-// Config is one IMAP backend.
+// Config is one IMAP backend: the keys of a `type: imap` section.
 type Config struct {
-	Name           string           // backend name from the config (logs, lock key prefix)
-	Address        string           // host:port
-	TLS            string           // "implicit" | "starttls" | "none"
-	Upstream       tlsconf.Upstream // server_name, ca_file, min_version, insecure_skip_verify
-	DialTimeout    time.Duration    // default 10s (connect, TLS handshake, greeting)
-	CommandTimeout time.Duration    // default 30s per upstream command (each chunk of a RETR is one)
-	Mailbox        string           // default "INBOX"
+	Address string `yaml:"address"` // host:port
+	// TLS toward the server: implicit (RFC 8314), starttls (RFC 3501
+	// §6.2.1) or none.
+	TLS string `yaml:"tls"`
+	// Mailbox is the folder POP3 shows.
+	Mailbox string `yaml:"mailbox"`
 	// UIDLTemplate builds the POP3 UIDL of a message, in Dovecot's
 	// pop3_uidl_format syntax. Supported: %u (IMAP UID), %v (UIDVALIDITY),
 	// %% (a percent sign), each variable optionally preceded by a
 	// zero-padded width such as 08 and the modifiers X (hex,
 	// lowercase like Dovecot), U (uppercase the result), L (lowercase it).
-	// Without X the number is decimal. Default "%08Xu%08Xv". The template
-	// must contain %u; the result must fit in 70 printable characters
-	// (RFC 1939 §7).
-	UIDLTemplate string
-	// MarkSeen nil = true: a complete RETR sets \Seen (TOP never does),
-	// for all the session's messages in one STORE at its end (QUIT, or
-	// Close after a dropped connection), and only for messages the
-	// snapshot did not see \Seen already.
-	MarkSeen *bool
-	Delete   DeleteConfig
+	// Without X the number is decimal. The template must contain %u; the
+	// result must fit in 70 printable characters (RFC 1939 §7).
+	UIDLTemplate string `yaml:"uidl_template"`
+	// Upstream holds the shared TLS keys of network stores: server_name,
+	// ca_file, min_version, insecure_skip_verify.
+	tlsconf.Upstream `yaml:",inline"`
+	// Store holds the keys every store type shares: dial_timeout (connect,
+	// TLS handshake, greeting), command_timeout (each IMAP command; each
+	// chunk of a RETR is one), mark_seen, snapshot_cache, delete.
+	backends.Store `yaml:",inline"`
+	// AllowPlainExpunge allows a plain EXPUNGE on servers without UIDPLUS
+	// (it also removes messages other clients flagged \Deleted); without
+	// it such servers get \Deleted only, and one warning per backend
+	// (DESIGN invariant 2).
+	AllowPlainExpunge bool `yaml:"allow_plain_expunge"`
+
+	// Name is the backend's name in the file (logs, lock key prefix); set
+	// by Build.
+	Name string `yaml:"-"`
 	// ChunkSize is the octets fetched per UID FETCH when streaming a
-	// message (default 256 KiB). Each chunk is read off the upstream socket
+	// message (not a file key). Each chunk is read off the upstream socket
 	// at once into a buffer, so a slow POP3 client never holds an upstream
 	// literal open; memory per RETR is one chunk.
-	ChunkSize int
-	// SnapshotCache is how many maildrops' listings (UID and size of each
-	// message, about 4 octets per message) the backend keeps, least recently
-	// used evicted, to skip the UID FETCH at login when the mailbox has not
-	// changed. It needs CONDSTORE (RFC 7162) upstream: an entry is used only
-	// when UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ are all the same as
-	// when it was stored. 0 means DefaultSnapshotCache; negative disables.
-	SnapshotCache int
+	ChunkSize int `yaml:"-"`
 }
 
-// DeleteConfig is what QUIT does to the messages the client deleted.
-type DeleteConfig struct {
-	Policy            string // "expunge" (default) | "move" | "flag" | "keep"
-	Folder            string // for move
-	Keyword           string // for flag; default "$POP3Deleted"
-	AllowPlainExpunge bool   // without UIDPLUS: allow a plain EXPUNGE (unsafe); default false = \Deleted only + one warning per backend
+// DefaultConfig returns an IMAP configuration holding every default; the
+// file's section is decoded over it. Address and TLS have none.
+//
+// Shared keys, as this type reads them: mark_seen sets \Seen on the
+// messages fully RETRieved, in one STORE at the session's end, only for
+// messages the snapshot did not see \Seen already; snapshot_cache keeps
+// the UID and size of every message (about 4 octets a message) and is
+// used only when the server offers CONDSTORE (RFC 7162) and UIDVALIDITY,
+// UIDNEXT, EXISTS and HIGHESTMODSEQ are all as they were.
+func DefaultConfig() Config {
+	return Config{
+		Store:        backends.DefaultStore(),
+		Mailbox:      DefaultMailbox,
+		UIDLTemplate: DefaultUIDLTemplate,
+		ChunkSize:    DefaultChunkSize,
+	}
 }
 
-// Validate reports every problem of c, each naming its configuration key.
-func (c Config) Validate() error {
-	var errs []error
-	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if c.Address == "" {
-		add("address is required")
-	} else if _, port, err := net.SplitHostPort(c.Address); err != nil || port == "" {
-		add("address %q: want host:port", c.Address)
+// Check implements backends.Config.
+func (c *Config) Check(k *backends.Checker) {
+	if err := netconf.CheckAddress(c.Address); err != nil {
+		k.Add("address", "%v", err)
 	}
 	switch c.TLS {
 	case "implicit", "starttls", "none":
 	case "":
-		add("tls is required: implicit, starttls or none")
+		k.Add("tls", "required (implicit, starttls or none)")
 	default:
-		add("tls %q: want implicit, starttls or none", c.TLS)
+		k.Add("tls", "unknown mode %q (want implicit, starttls or none)", c.TLS)
 	}
-	if _, err := tlsconf.ParseVersion(c.Upstream.MinVersion); err != nil {
-		add("min_version: %v", err)
+	c.Upstream.Check(c.TLS != "none", k.Add)
+	c.Store.Check(k, checkKeyword)
+	if c.Mailbox == "" {
+		k.Add("mailbox", "must not be empty")
+	} else if strings.ContainsAny(c.Mailbox, "\r\n\x00") {
+		k.Add("mailbox", "%q holds control characters", c.Mailbox)
 	}
-	if c.DialTimeout < 0 {
-		add("dial_timeout must not be negative")
+	if c.Delete.Policy == backends.PolicyMove && c.Delete.Folder == c.Mailbox {
+		k.Add("delete.folder", "%q is the mailbox itself", c.Delete.Folder)
 	}
-	if c.CommandTimeout < 0 {
-		add("command_timeout must not be negative")
+	if _, err := parseUIDLTemplate(c.UIDLTemplate); err != nil {
+		k.Add("uidl_template", "%v", err)
 	}
-	if c.ChunkSize < 0 || (c.ChunkSize > 0 && c.ChunkSize < 4096) {
-		add("chunk_size must be at least 4096")
+	if c.ChunkSize < 4096 {
+		k.Add("", "chunk size %d: must be at least 4096", c.ChunkSize)
 	}
-	if strings.ContainsAny(c.Mailbox, "\r\n\x00") {
-		add("mailbox %q: control characters", c.Mailbox)
-	}
-	if c.UIDLTemplate != "" {
-		if _, err := parseUIDLTemplate(c.UIDLTemplate); err != nil {
-			add("uidl_template: %v", err)
-		}
-	}
-	switch c.Delete.Policy {
-	case "", PolicyExpunge, PolicyKeep:
-	case PolicyMove:
-		if c.Delete.Folder == "" {
-			add("delete.folder is required for policy move")
-		} else if strings.ContainsAny(c.Delete.Folder, "\r\n\x00") {
-			add("delete.folder %q: control characters", c.Delete.Folder)
-		} else if c.Delete.Folder == c.mailbox() {
-			add("delete.folder %q is the mailbox itself", c.Delete.Folder)
-		}
-	case PolicyFlag:
-		if k := c.Delete.Keyword; k != "" && !validKeyword(k) {
-			add("delete.keyword %q: not an IMAP keyword (atom characters, no backslash)", k)
-		}
-	default:
-		add("delete.policy %q: want expunge, move, flag or keep", c.Delete.Policy)
-	}
-	if c.Delete.Folder != "" && c.Delete.Policy != PolicyMove {
-		add("delete.folder is only used by policy move")
-	}
-	if c.Delete.Keyword != "" && c.Delete.Policy != PolicyFlag {
-		add("delete.keyword is only used by policy flag")
-	}
-	return errors.Join(errs...)
 }
 
-func (c Config) mailbox() string {
-	if c.Mailbox == "" {
-		return DefaultMailbox
+// Summary implements backends.Config.
+func (c *Config) Summary() string {
+	return fmt.Sprintf("%s (tls %s%s), mailbox %s, %s", c.Address, c.TLS, c.Upstream.Summary(), c.Mailbox, c.Store.Summary())
+}
+
+// Build implements backends.Config.
+func (c *Config) Build(env backends.Env) (backends.Backend, error) {
+	cfg := *c
+	cfg.Name = env.Name
+	return New(cfg, env.Log)
+}
+
+// checkKeyword: RFC 3501 §9 flag-keyword = atom (no atom-specials, no "\").
+func checkKeyword(k string) error {
+	if !validKeyword(k) {
+		return errors.New("not an IMAP keyword (atom characters, no backslash)")
 	}
-	return c.Mailbox
+	return nil
 }
 
 // validKeyword: RFC 3501 §9 flag-keyword = atom (no atom-specials, no "\").

@@ -1,43 +1,48 @@
 package imap
 
 import (
-	"github.com/popgate/popgate/tlsconf"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/backends"
 )
 
-func TestValidateNamesEveryKey(t *testing.T) {
-	ok := Config{Address: "imap.example.org:993", TLS: "implicit"}
-	if err := ok.Validate(); err != nil {
+func TestCheckNamesEveryKey(t *testing.T) {
+	ok := testConfig("imap.example.org:993", "implicit")
+	if err := backends.CheckConfig(&ok); err != nil {
 		t.Fatalf("minimal config: %v", err)
 	}
 	for _, tc := range []struct {
-		cfg  Config
+		name string
+		set  func(c *Config)
 		want []string
 	}{
-		{Config{}, []string{"address is required", "tls is required"}},
-		{Config{Address: "nohostport", TLS: "ssl"}, []string{`address "nohostport"`, `tls "ssl"`}},
-		{Config{Address: "h:1", TLS: "none", Delete: DeleteConfig{Policy: "move"}}, []string{"delete.folder is required for policy move"}},
-		{Config{Address: "h:1", TLS: "none", Delete: DeleteConfig{Policy: "purge"}}, []string{`delete.policy "purge"`}},
-		{Config{Address: "h:1", TLS: "none", Delete: DeleteConfig{Policy: "flag", Keyword: `\Deleted`}}, []string{"delete.keyword"}},
-		{Config{Address: "h:1", TLS: "none", Delete: DeleteConfig{Folder: "Trash"}}, []string{"delete.folder is only used by policy move"}},
-		{Config{Address: "h:1", TLS: "none", Delete: DeleteConfig{Policy: "move", Folder: "INBOX"}}, []string{"is the mailbox itself"}},
-		{Config{Address: "h:1", TLS: "none", UIDLTemplate: "%v"}, []string{"uidl_template", "%u"}},
-		{Config{Address: "h:1", TLS: "none", UIDLTemplate: "%u %v"}, []string{"uidl_template", "not allowed"}},
-		{Config{Address: "h:1", TLS: "none", UIDLTemplate: "%8Xu"}, []string{"uidl_template", "leading 0"}},
-		{Config{Address: "h:1", TLS: "none", UIDLTemplate: "%u%q"}, []string{"uidl_template", "unknown variable %q"}},
-		{Config{Address: "h:1", TLS: "none", UIDLTemplate: strings.Repeat("x", 70) + "%u"}, []string{"more than 70"}},
-		{Config{Address: "h:1", TLS: "none", ChunkSize: 100}, []string{"chunk_size"}},
-		{Config{Address: "h:1", TLS: "none", Upstream: upstream("1.4")}, []string{"min_version"}},
+		{"empty", func(c *Config) { c.Address, c.TLS = "", "" }, []string{"address: required", "tls: required"}},
+		{"bad", func(c *Config) { c.Address, c.TLS = "nohostport", "ssl" }, []string{`address: "nohostport"`, `tls: unknown mode "ssl"`}},
+		{"move", func(c *Config) { c.Delete.Policy = "move" }, []string{"delete.folder: required with policy move"}},
+		{"purge", func(c *Config) { c.Delete.Policy = "purge" }, []string{`delete.policy: unknown policy "purge"`}},
+		{"keyword", func(c *Config) { c.Delete.Policy, c.Delete.Keyword = "flag", `\Deleted` }, []string{"delete.keyword", "not an IMAP keyword"}},
+		{"folder", func(c *Config) { c.Delete.Folder = "Trash" }, []string{"delete.folder: only used with policy move"}},
+		{"self", func(c *Config) { c.Delete.Policy, c.Delete.Folder = "move", "INBOX" }, []string{"is the mailbox itself"}},
+		{"no uid", func(c *Config) { c.UIDLTemplate = "%v" }, []string{"uidl_template", "%u"}},
+		{"space", func(c *Config) { c.UIDLTemplate = "%u %v" }, []string{"uidl_template", "not allowed"}},
+		{"width", func(c *Config) { c.UIDLTemplate = "%8Xu" }, []string{"uidl_template", "leading 0"}},
+		{"variable", func(c *Config) { c.UIDLTemplate = "%u%q" }, []string{"uidl_template", "unknown variable %q"}},
+		{"long", func(c *Config) { c.UIDLTemplate = strings.Repeat("x", 70) + "%u" }, []string{"more than 70"}},
+		{"chunk", func(c *Config) { c.ChunkSize = 100 }, []string{"chunk size"}},
+		{"version", func(c *Config) { c.MinVersion = "1.4" }, []string{"min_version"}},
+		{"timeout", func(c *Config) { c.CommandTimeout = 0 }, []string{"command_timeout: must be more than 0"}},
 	} {
-		err := tc.cfg.Validate()
+		c := testConfig("h:1", "implicit")
+		tc.set(&c)
+		err := backends.CheckConfig(&c)
 		if err == nil {
-			t.Errorf("%+v: no error, want %q", tc.cfg, tc.want)
+			t.Errorf("%s: no error, want %q", tc.name, tc.want)
 			continue
 		}
 		for _, w := range tc.want {
 			if !strings.Contains(err.Error(), w) {
-				t.Errorf("%+v: error %q does not mention %q", tc.cfg, err, w)
+				t.Errorf("%s: error %q does not mention %q", tc.name, err, w)
 			}
 		}
 	}
@@ -67,27 +72,22 @@ func TestUIDLTemplate(t *testing.T) {
 	}
 }
 
-func TestNewAppliesDefaults(t *testing.T) {
-	b, err := New(Config{Address: "127.0.0.1:1", TLS: "none", Delete: DeleteConfig{Policy: "flag"}}, testLogger(t))
+func TestDefaultConfig(t *testing.T) {
+	c := DefaultConfig()
+	if c.Mailbox != "INBOX" || c.DialTimeout != backends.DefaultDialTimeout || c.CommandTimeout != backends.DefaultCommandTimeout ||
+		c.UIDLTemplate != DefaultUIDLTemplate || c.Delete.Keyword != "$POP3Deleted" || c.Delete.Policy != backends.PolicyExpunge ||
+		c.ChunkSize != DefaultChunkSize || !c.MarkSeen || c.SnapshotCache != backends.DefaultSnapshotCache {
+		t.Fatalf("defaults: %+v", c)
+	}
+	c.Address, c.TLS, c.MarkSeen = "127.0.0.1:1", "none", false
+	b, err := New(c, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := b.Config()
-	if c.Mailbox != "INBOX" || c.DialTimeout != DefaultDialTimeout || c.CommandTimeout != DefaultCommandTimeout ||
-		c.UIDLTemplate != DefaultUIDLTemplate || c.Delete.Keyword != "$POP3Deleted" || c.ChunkSize != DefaultChunkSize || !b.markSeen {
-		t.Fatalf("defaults not applied: %+v", c)
-	}
-	off := false
-	b, _ = New(Config{Address: "127.0.0.1:1", TLS: "none", MarkSeen: &off}, testLogger(t))
-	if b.markSeen || b.Config().Delete.Policy != PolicyExpunge {
-		t.Fatal("mark_seen false or default policy not applied")
+	if b.markSeen {
+		t.Fatal("mark_seen false not applied")
 	}
 	if _, err := New(Config{Address: "127.0.0.1:1"}, testLogger(t)); err == nil {
 		t.Fatal("New accepted an invalid config")
 	}
-}
-
-func upstream(minVersion string) (u tlsconf.Upstream) {
-	u.MinVersion = minVersion
-	return u
 }

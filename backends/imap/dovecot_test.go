@@ -162,7 +162,7 @@ func TestWithoutUIDPLUS(t *testing.T) {
 		}
 	})
 	t.Run("AllowPlainExpunge", func(t *testing.T) {
-		md, _ := run(t, func(c *Config) { c.Delete.AllowPlainExpunge = true }, testLogger(t))
+		md, _ := run(t, func(c *Config) { c.AllowPlainExpunge = true }, testLogger(t))
 		st := inMainState(md.State(t))
 		// The plain EXPUNGE removes the other client's \Deleted message
 		// too: that is why it is opt-in.
@@ -171,7 +171,7 @@ func TestWithoutUIDPLUS(t *testing.T) {
 		}
 	})
 	t.Run("MoveWithoutMOVE", func(t *testing.T) {
-		md, _ := run(t, func(c *Config) { c.Delete = DeleteConfig{Policy: PolicyMove, Folder: "Popped"} }, testLogger(t))
+		md, _ := run(t, func(c *Config) { c.Delete.Policy, c.Delete.Folder = backends.PolicyMove, "Popped" }, testLogger(t))
 		all := md.State(t)
 		var inFolder, flagged int
 		for _, s := range all {
@@ -230,16 +230,21 @@ func TestTLSModes(t *testing.T) {
 		return err
 	}
 	ca := tlsconf.Upstream{CAFile: certFile}
+	cfg := func(addr, mode string, u tlsconf.Upstream) Config {
+		c := testConfig(addr, mode)
+		c.Upstream = u
+		return c
+	}
 	for _, tc := range []struct {
 		name string
 		cfg  Config
 		code backends.Code // CodeNone: success
 	}{
-		{"implicit", Config{Address: srv.IMAPSAddr(), TLS: "implicit", Upstream: ca}, backends.CodeNone},
-		{"starttls", Config{Address: srv.Addr(), TLS: "starttls", Upstream: ca}, backends.CodeNone},
-		{"implicit-by-name", Config{Address: srv.IMAPSAddr(), TLS: "implicit", Upstream: tlsconf.Upstream{CAFile: certFile, ServerName: "localhost"}}, backends.CodeNone},
-		{"implicit-unknown-ca", Config{Address: srv.IMAPSAddr(), TLS: "implicit"}, backends.CodeSysTemp},
-		{"starttls-wrong-name", Config{Address: srv.Addr(), TLS: "starttls", Upstream: tlsconf.Upstream{CAFile: certFile, ServerName: "imap.example.org"}}, backends.CodeSysTemp},
+		{"implicit", cfg(srv.IMAPSAddr(), "implicit", ca), backends.CodeNone},
+		{"starttls", cfg(srv.Addr(), "starttls", ca), backends.CodeNone},
+		{"implicit-by-name", cfg(srv.IMAPSAddr(), "implicit", tlsconf.Upstream{CAFile: certFile, ServerName: "localhost"}), backends.CodeNone},
+		{"implicit-unknown-ca", cfg(srv.IMAPSAddr(), "implicit", tlsconf.Upstream{}), backends.CodeSysTemp},
+		{"starttls-wrong-name", cfg(srv.Addr(), "starttls", tlsconf.Upstream{CAFile: certFile, ServerName: "imap.example.org"}), backends.CodeSysTemp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.DialTimeout = 10 * time.Second
@@ -260,8 +265,8 @@ func TestTLSModes(t *testing.T) {
 	}
 	t.Run("insecure_skip_verify", func(t *testing.T) {
 		var logs syncBuffer
-		cfg := Config{Address: srv.IMAPSAddr(), TLS: "implicit", Upstream: tlsconf.Upstream{InsecureSkipVerify: true}}
-		if err := login(cfg, zerolog.New(&logs)); err != nil {
+		c := cfg(srv.IMAPSAddr(), "implicit", tlsconf.Upstream{InsecureSkipVerify: true})
+		if err := login(c, zerolog.New(&logs)); err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(logs.String(), `"level":"warn"`) || !strings.Contains(logs.String(), "insecure_skip_verify") {
@@ -284,7 +289,7 @@ func TestLoginDisabled(t *testing.T) {
 	var wire syncBuffer
 	ms := newMemStoreOpts(t, &imapserver.Options{DebugWriter: &wire})
 	user, pass := ms.newUser(t)
-	b, err := New(Config{Address: ms.addr(), TLS: "none"}, testLogger(t))
+	b, err := New(testConfig(ms.addr(), "none"), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ type fakeServer struct {
 	ln      net.Listener
 	stallAt string // command name (e.g. "SELECT") at which to go silent; "GREETING" stalls before greeting
 	loginNo string // answer LOGIN with this NO text
+	exists  string // SELECT's EXISTS count; default "1" (one message, UID 7, is listed whatever it says)
 	mu      sync.Mutex
 	seen    []string
 	wg      sync.WaitGroup
@@ -99,7 +101,11 @@ func (f *fakeServer) serve(c net.Conn) {
 			}
 			w(tag + " OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in")
 		case "SELECT":
-			w("* 1 EXISTS")
+			exists := f.exists
+			if exists == "" {
+				exists = "1"
+			}
+			w("* " + exists + " EXISTS")
 			w("* OK [UIDVALIDITY 5] ok")
 			w(tag + " OK [READ-WRITE] selected")
 		case "UID FETCH":
@@ -116,7 +122,9 @@ func (f *fakeServer) serve(c net.Conn) {
 }
 
 func fakeBackend(t *testing.T, f *fakeServer) *Backend {
-	b, err := New(Config{Address: f.ln.Addr().String(), TLS: "none", DialTimeout: 300 * time.Millisecond, CommandTimeout: 300 * time.Millisecond}, testLogger(t))
+	c := testConfig(f.ln.Addr().String(), "none")
+	c.DialTimeout, c.CommandTimeout = 300*time.Millisecond, 300*time.Millisecond
+	b, err := New(c, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +220,9 @@ func TestFakeFailures(t *testing.T) {
 	})
 	t.Run("context-cancelled", func(t *testing.T) {
 		f := newFakeServer(t, &fakeServer{stallAt: "SELECT"})
-		b, _ := New(Config{Address: f.ln.Addr().String(), TLS: "none", CommandTimeout: time.Hour}, testLogger(t))
+		c := testConfig(f.ln.Addr().String(), "none")
+		c.CommandTimeout = time.Hour
+		b, _ := New(c, testLogger(t))
 		mb, err := b.Login(context.Background(), cred)
 		if err != nil {
 			t.Fatal(err)
@@ -224,4 +234,29 @@ func TestFakeFailures(t *testing.T) {
 			t.Fatalf("err %v, want [SYS/TEMP] on context end", err)
 		}
 	})
+}
+
+// A server announcing 50,000,000 messages but listing one costs what it
+// lists, not what it announced (issue 13, defect 5): the listing's
+// allocations stay far below the 450 MB the EXISTS count would ask for.
+func TestFakeHugeExistsNotPreallocated(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{exists: "50000000"})
+	mb, err := fakeBackend(t, f).Login(context.Background(), cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mb.Close()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	snap, err := mb.Snapshot(context.Background())
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap) != 1 || snap[0].UIDL != "0000000700000005" {
+		t.Fatalf("snapshot %+v, want the one message listed", snap)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16<<20 {
+		t.Fatalf("the snapshot allocated %d bytes for one listed message: preallocated from EXISTS", alloc)
+	}
 }

@@ -194,12 +194,14 @@ func (md *maildrop) Credentials() backends.Credentials {
 }
 
 func (md *maildrop) config(p backendtest.Policy) Config {
-	c := Config{
-		Name:           "test",
-		Address:        md.st.addr(),
-		TLS:            "none",
-		CommandTimeout: 30 * time.Second,
-		Delete:         DeleteConfig{Policy: p.Name, Folder: p.Folder, Keyword: p.Keyword},
+	c := testConfig(md.st.addr(), "none")
+	c.Name = "test"
+	if p.Name != "" {
+		c.Delete.Policy = p.Name
+	}
+	c.Delete.Folder = p.Folder
+	if p.Keyword != "" {
+		c.Delete.Keyword = p.Keyword
 	}
 	if md.tweak != nil {
 		md.tweak(&c)
@@ -334,4 +336,11 @@ func TestConformanceSmallChunks(t *testing.T) {
 	small := func(c *Config) { c.ChunkSize = 4096 }
 	t.Run("MemServer", func(t *testing.T) { backendtest.Run(t, harnessWith(newMemStore(t, nil), small)) })
 	t.Run("Dovecot", func(t *testing.T) { backendtest.Run(t, harnessWith(sharedDovecot(t), small)) })
+}
+
+// testConfig is the default configuration toward addr.
+func testConfig(addr, tls string) Config {
+	c := DefaultConfig()
+	c.Address, c.TLS = addr, tls
+	return c
 }

@@ -168,6 +168,10 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	return e.messages(m.b.uidl), nil
 }
 
+// maxPrealloc bounds the listing's preallocation from EXISTS (about 9
+// octets an entry, so at most 576 KiB before anything arrives).
+const maxPrealloc = 1 << 16
+
 // list fills e with one UID FETCH 1:* (RFC 3501 §6.4.8), in UID order
 // whatever order the server answered in.
 func (m *Mailbox) list(e *snapEntry) error {
@@ -175,9 +179,13 @@ func (m *Mailbox) list(e *snapEntry) error {
 		UID: true, RFC822Size: true, Flags: true,
 	})
 	defer cmd.Close()
-	uids := make([]uint32, 0, e.exists)
-	sizes := make([]uint32, 0, e.exists)
-	seen := make([]bool, 0, e.exists)
+	// EXISTS is the server's word, not a measure of what it will send: a
+	// broken or hostile server may announce 4294967295. Preallocate at most
+	// maxPrealloc entries and grow with what actually arrives.
+	n := min(e.exists, maxPrealloc)
+	uids := make([]uint32, 0, n)
+	sizes := make([]uint32, 0, n)
+	seen := make([]bool, 0, n)
 	sorted := true
 	for {
 		msg := cmd.Next()
@@ -233,7 +241,7 @@ func (m *Mailbox) skip(flags []imap.Flag) bool {
 		if f == imap.FlagDeleted {
 			return true
 		}
-		if m.b.cfg.Delete.Policy == PolicyFlag && equalFoldFlag(f, m.b.keyword) {
+		if m.b.cfg.Delete.Policy == backends.PolicyFlag && equalFoldFlag(f, m.b.keyword) {
 			return true
 		}
 	}
@@ -330,7 +338,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	if m.reader != nil {
 		m.reader.Close()
 	}
-	if len(deleted) == 0 || m.b.cfg.Delete.Policy == PolicyKeep {
+	if len(deleted) == 0 || m.b.cfg.Delete.Policy == backends.PolicyKeep {
 		if len(deleted) > 0 {
 			m.log.Debug().Int("messages", len(deleted)).Msg("delete policy keep: nothing changed upstream")
 		}
@@ -348,9 +356,9 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	m.queueSeen() // before the deletions: moved messages keep \Seen
 	return m.guard(ctx, "commit", func() error {
 		switch m.b.cfg.Delete.Policy {
-		case PolicyFlag:
+		case backends.PolicyFlag:
 			return m.store(uids, m.b.keyword)
-		case PolicyMove:
+		case backends.PolicyMove:
 			return m.move(uids)
 		default:
 			return m.expunge(uids)
@@ -373,11 +381,11 @@ func (m *Mailbox) expunge(uids imap.UIDSet) error {
 	switch {
 	case m.caps.Has(imap.CapUIDPlus) || m.caps.Has(imap.CapIMAP4rev2):
 		return m.c.UIDExpunge(uids).Close()
-	case m.b.cfg.Delete.AllowPlainExpunge:
+	case m.b.cfg.AllowPlainExpunge:
 		return m.c.Expunge().Close() // RFC 3501 §6.4.3, allowed by configuration
 	default:
 		m.b.warnNoUIDPlus.Do(func() {
-			m.b.log.Warn().Str("address", m.b.cfg.Address).Msg("upstream lacks UIDPLUS: deleted messages are only flagged \\Deleted, not expunged (set delete.allow_plain_expunge to expunge anyway)")
+			m.b.log.Warn().Str("address", m.b.cfg.Address).Msg("upstream lacks UIDPLUS: deleted messages are only flagged \\Deleted, not expunged (set allow_plain_expunge to expunge anyway)")
 		})
 		return nil
 	}

@@ -36,7 +36,7 @@ func TestMarkSeen(t *testing.T) {
 			} {
 				t.Run(tc.name, func(t *testing.T) {
 					md := seedMaildrop(t, st.s(t), msgs)
-					md.tweak = func(c *Config) { c.MarkSeen = &tc.markSeen }
+					md.tweak = func(c *Config) { c.MarkSeen = tc.markSeen }
 					b, err := New(md.config(backendtest.Policy{}), testLogger(t))
 					if err != nil {
 						t.Fatal(err)

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/config"
 )
 
@@ -18,9 +20,9 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
 	}
-	c, err := config.Load(*path)
+	c, err := config.Load(*path, storeTypes)
 	if err == nil {
-		if ps := checkBackends(c); len(ps) > 0 {
+		if ps := checkTLS(c); len(ps) > 0 {
 			err = &config.FileError{Path: *path, Err: ps}
 		}
 	}
@@ -75,18 +77,7 @@ func summarize(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "backends:\n")
 	for _, name := range c.BackendNames() {
 		b := c.Backends[name]
-		policy := b.Delete.Policy
-		switch policy {
-		case config.PolicyMove:
-			policy += " to " + b.Delete.Folder
-		case config.PolicyFlag:
-			policy += " with " + b.Delete.Keyword
-		}
-		extra := ""
-		if b.InsecureSkipVerify {
-			extra = ", certificate NOT verified"
-		}
-		fmt.Fprintf(w, "  %-12s %s %s (tls %s%s), mailbox %s, delete: %s\n", name, b.Type, b.Address, b.TLS, extra, b.Mailbox, policy)
+		fmt.Fprintf(w, "  %-12s %s %s\n", name, b.Type, b.Settings.(backends.Config).Summary())
 	}
 	fmt.Fprintf(w, "routes (first match wins):\n")
 	for i, r := range c.Routes {
@@ -110,8 +101,16 @@ func summarize(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "auth: plaintext logins %s; failure delay %s, at most %d failures per connection\n",
 		plain, c.Auth.FailureDelay, c.Auth.MaxFailures)
 	s := c.Session
-	fmt.Fprintf(w, "session: idle %s, login %s; at most %d connections, %d per client address\n",
-		s.IdleTimeout, s.LoginTimeout, s.MaxConnections, s.MaxConnectionsPerIP)
+	fmt.Fprintf(w, "session: idle %s, login %s; connections: %s in all, %s per client address; close after %d protocol errors in a row\n",
+		s.IdleTimeout, s.LoginTimeout, limitText(s.MaxConnections), limitText(s.MaxConnectionsPerIP), s.MaxErrors)
 	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
+}
+
+// limitText shows a connection limit, 0 being none.
+func limitText(n int) string {
+	if n == 0 {
+		return "no limit"
+	}
+	return "at most " + strconv.Itoa(n)
 }

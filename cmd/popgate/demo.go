@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -9,7 +8,6 @@ import (
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/demo"
-	"github.com/popgate/popgate/backends/imap"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -46,22 +44,22 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 			l.Close()
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	store, err := demo.Start(ctx, demo.Options{IMAPAddress: *imapAddr, Logger: log.With().Str("component", "demo-store").Logger()})
-	cancel()
+	dc := demo.DefaultConfig()
+	dc.Address = *imapAddr
+	if err := backends.CheckConfig(&dc); err != nil {
+		closeAll()
+		fmt.Fprintf(stderr, "popgate demo: --imap: %v\n", err)
+		return exitUsage
+	}
+	up, err := dc.Build(backends.Env{Name: "demo", Log: log})
 	if err != nil {
 		closeAll()
 		fmt.Fprintf(stderr, "popgate demo: embedded store: %v\n", err)
 		return exitFailure
 	}
-	defer store.Close()
+	defer up.Close()
+	store := up.(*demo.Backend).Store
 
-	up, err := imap.New(imap.Config{Name: "demo", Address: store.IMAPAddr(), TLS: "none"}, log)
-	if err != nil {
-		closeAll()
-		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
-		return exitFailure
-	}
 	router, err := backends.NewRouter([]backends.Route{{Match: "*", Backend: "demo"}}, map[string]backends.Backend{"demo": up}, log)
 	if err != nil {
 		closeAll()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,64 @@ func newLogger(w io.Writer, level, format string) (zerolog.Logger, error) {
 		return zerolog.Nop(), fmt.Errorf("unknown log format %q", format)
 	}
 	return zerolog.New(out).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// logSwitch is the daemon's log output: a level and a format that a reload
+// changes for every logger at once, including those of backends a reload
+// kept (they hold their logger from the start).
+type logSwitch struct {
+	out io.Writer
+	cur atomic.Pointer[logTarget]
+}
+
+type logTarget struct {
+	level zerolog.Level
+	w     io.Writer
+}
+
+// newLogSwitch returns the switch writing to out at level and format.
+func newLogSwitch(out io.Writer, level, format string) (*logSwitch, error) {
+	s := &logSwitch{out: out}
+	t, err := s.target(level, format)
+	if err != nil {
+		return nil, err
+	}
+	s.cur.Store(t)
+	return s, nil
+}
+
+// target checks level and format; set them with set.
+func (s *logSwitch) target(level, format string) (*logTarget, error) {
+	// newLogger checks level and format the same way for the demo.
+	l, err := newLogger(s.out, level, format)
+	if err != nil {
+		return nil, err
+	}
+	var w io.Writer = s.out
+	if format == "console" {
+		w = zerolog.ConsoleWriter{Out: s.out, TimeFormat: time.RFC3339, NoColor: !isTerminal(s.out)}
+	}
+	return &logTarget{level: l.GetLevel(), w: w}, nil
+}
+
+func (s *logSwitch) set(t *logTarget) { s.cur.Store(t) }
+
+// logger returns a logger writing through the switch.
+func (s *logSwitch) logger() zerolog.Logger {
+	return zerolog.New(s).With().Timestamp().Logger()
+}
+
+// Write implements io.Writer (events without a level).
+func (s *logSwitch) Write(p []byte) (int, error) { return s.cur.Load().w.Write(p) }
+
+// WriteLevel implements zerolog.LevelWriter: events below the level are
+// dropped.
+func (s *logSwitch) WriteLevel(l zerolog.Level, p []byte) (int, error) {
+	t := s.cur.Load()
+	if l < t.level {
+		return len(p), nil
+	}
+	return t.w.Write(p)
 }
 
 // listenSpec is one listener to open.
@@ -99,6 +158,9 @@ type gateway struct {
 	reload func()
 	// ready, when set, is called once every listener is being served.
 	ready func()
+	// stop, when closed, stops the gateway like SIGTERM (tests in the
+	// process, which must not signal it).
+	stop <-chan struct{}
 }
 
 // run serves every listener and blocks until SIGTERM/SIGINT (graceful stop:
@@ -130,6 +192,9 @@ loop:
 				continue
 			}
 			g.log.Info().Str("signal", sig.String()).Dur("drain_timeout", g.drain()).Msg("shutting down: no new connections, open sessions may finish")
+			break loop
+		case <-g.stop:
+			g.log.Info().Dur("drain_timeout", g.drain()).Msg("shutting down: no new connections, open sessions may finish")
 			break loop
 		case err := <-errs:
 			g.log.Error().Err(err).Msg("listener failed, shutting down")

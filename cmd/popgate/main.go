@@ -4,6 +4,8 @@
 //	popgate serve [--config FILE]         run the gateway (default /etc/popgate/config.yaml)
 //	popgate demo                          run it on loopback in front of an embedded mail store
 //	popgate check-config [--config FILE]  validate a configuration file
+//	popgate check-store --url URL --user U --password-file F [--destructive]
+//	                                      check a REST store against the contract
 //	popgate version                       print the version
 //
 // Exit status: 0 success, 1 a runtime failure (such as an address already
@@ -44,6 +46,8 @@ func commands() []command {
 		{"serve", "run the gateway with a configuration file", runServe},
 		{"demo", "run the gateway on loopback in front of an embedded mail store", runDemo},
 		{"check-config", "validate a configuration file and print what it sets up", runCheckConfig},
+		{"uidl", "capture, show or forget the UIDLs of a retired POP3 server (migration)", runUIDL},
+		{"check-store", "check a live REST store against popgate's store contract", runCheckStore},
 		{"version", "print the version", runVersion},
 	}
 }

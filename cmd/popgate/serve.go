@@ -13,8 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/backends"
-	"github.com/popgate/popgate/backends/imap"
 	"github.com/popgate/popgate/internal/config"
+	"github.com/popgate/popgate/internal/migration"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -31,17 +31,24 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
 	}
+	return serve(*path, stderr, nil)
+}
 
-	cfg, err := config.Load(*path)
+// serve runs the gateway with the configuration at path until SIGTERM or
+// SIGINT, or until stop is closed (nil: signals only), and returns the exit
+// status. Logs and errors go to stderr.
+func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
+	cfg, err := config.Load(path, storeTypes)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitUsage
 	}
-	log, err := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	logs, err := newLogSwitch(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
-		fmt.Fprintf(stderr, "popgate: %s: log: %v\n", *path, err)
+		fmt.Fprintf(stderr, "popgate: %s: log: %v\n", path, err)
 		return exitUsage
 	}
+	log := logs.logger()
 	// Open every listener first: an address in use stops popgate before
 	// anything else starts.
 	specs := make([]listenSpec, len(cfg.Listeners))
@@ -53,18 +60,18 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitFailure
 	}
-	d := &daemon{path: *path, stderr: stderr}
+	d := &daemon{path: path, logs: logs, log: log}
 	rt, err := d.build(cfg, log, nil)
 	if err != nil {
 		for _, l := range ls {
 			l.Close()
 		}
-		fmt.Fprintf(stderr, "popgate: %s: %v\n", *path, err)
+		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
 	d.cur = rt
 	d.srv = proxy.New(rt.options)
-	log.Info().Str("version", versionString()).Str("config", *path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
+	log.Info().Str("version", versionString()).Str("config", path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
 	g := &gateway{
 		log:    log,
 		srv:    d.srv,
@@ -72,6 +79,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		ls:     ls,
 		drain:  d.drainTimeout,
 		reload: d.reload,
+		stop:   stop,
 	}
 	code := g.run()
 	d.mu.Lock()
@@ -83,9 +91,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 // daemon holds what serve built from the configuration, replaced as a whole
 // on SIGHUP.
 type daemon struct {
-	path   string
-	stderr io.Writer
-	srv    *proxy.Server
+	path string
+	logs *logSwitch     // level and format of every logger
+	log  zerolog.Logger // writes through logs
+	srv  *proxy.Server
 
 	mu  sync.Mutex
 	cur *setup
@@ -98,11 +107,33 @@ type setup struct {
 	tls     *tlsconf.Manager // nil without a tls section
 	tlsCfg  tlsconf.Config
 	options proxy.Options
+	// backends are the running backends by name; a reload hands the
+	// unchanged ones to the next setup.
+	backends map[string]*running
+	mapper   *migration.Mapper // UIDL migration; kept across reloads while its settings stay
 }
 
+// close releases everything of the setup (at shutdown).
 func (r *setup) close() {
 	if r.tls != nil {
 		r.tls.Close()
+	}
+	for _, b := range r.backends {
+		b.inst.Close()
+	}
+}
+
+// retire closes what the setup next does not share: its TLS manager and
+// its backends that next replaced. A retired backend is closed when the
+// last session that started on it ends.
+func (r *setup) retire(next *setup) {
+	if r.tls != nil && r.tls != next.tls {
+		r.tls.Close() // open sessions keep their TLS state; handshakes use the new manager
+	}
+	for name, b := range r.backends {
+		if n := next.backends[name]; n == nil || n.inst != b.inst {
+			b.inst.Close()
+		}
 	}
 }
 
@@ -124,44 +155,10 @@ func tlsConfig(t *config.TLS) tlsconf.Config {
 	return c
 }
 
-// imapConfig converts one backend section.
-func imapConfig(name string, b *config.Backend) imap.Config {
-	cache := 0 // imap's default
-	if b.SnapshotCache != nil {
-		cache = *b.SnapshotCache
-		if cache == 0 {
-			cache = -1 // snapshot_cache: 0 disables it
-		}
-	}
-	return imap.Config{
-		Name:    name,
-		Address: b.Address,
-		TLS:     b.TLS,
-		Upstream: tlsconf.Upstream{
-			ServerName: b.ServerName, CAFile: b.CAFile, MinVersion: b.MinVersion, InsecureSkipVerify: b.InsecureSkipVerify,
-		},
-		DialTimeout:    b.DialTimeout,
-		CommandTimeout: b.CommandTimeout,
-		Mailbox:        b.Mailbox,
-		UIDLTemplate:   b.UIDLTemplate,
-		MarkSeen:       b.MarkSeen,
-		SnapshotCache:  cache,
-		Delete: imap.DeleteConfig{
-			Policy: b.Delete.Policy, Folder: b.Delete.Folder, Keyword: b.Delete.Keyword, AllowPlainExpunge: b.Delete.AllowPlainExpunge,
-		},
-	}
-}
-
-// checkBackends returns the problems the backend packages find beyond the
-// configuration's own checks (check-config reports them too).
-func checkBackends(cfg *config.Config) config.Problems {
+// checkTLS returns the problems tlsconf finds in the tls section beyond
+// the configuration's own checks (check-config reports them too).
+func checkTLS(cfg *config.Config) config.Problems {
 	var ps config.Problems
-	for _, name := range cfg.BackendNames() {
-		if err := imapConfig(name, cfg.Backends[name]).Validate(); err != nil {
-			p := "backends." + name
-			ps = append(ps, config.Problem{Path: p, Line: cfg.Line(p), Msg: err.Error()})
-		}
-	}
 	if cfg.TLS != nil {
 		for _, err := range tlsConfig(cfg.TLS).Validate() {
 			ps = append(ps, config.Problem{Path: "tls", Line: cfg.Line("tls"), Msg: err.Error()})
@@ -170,12 +167,19 @@ func checkBackends(cfg *config.Config) config.Problems {
 	return ps
 }
 
+// running is one built backend: its section and its instance.
+type running struct {
+	typ      string
+	settings any
+	inst     *backends.Instance
+}
+
 // build turns a valid configuration into the proxy options: certificates,
 // backends and the router. prev is the running setup on reload (nil at
 // start): an unchanged tls section keeps its Manager (reloaded from the
 // files instead).
 func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*setup, error) {
-	if ps := checkBackends(cfg); len(ps) > 0 {
+	if ps := checkTLS(cfg); len(ps) > 0 {
 		return nil, ps
 	}
 	rt := &setup{cfg: cfg, log: log}
@@ -194,19 +198,41 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 			rt.tls = m
 		}
 	}
+	rt.backends = map[string]*running{}
 	fail := func(err error) (*setup, error) {
 		if rt.tls != nil && (prev == nil || rt.tls != prev.tls) {
 			rt.tls.Close()
+		}
+		for name, r := range rt.backends {
+			if prev == nil || prev.backends[name] == nil || prev.backends[name].inst != r.inst {
+				r.inst.Close()
+			}
 		}
 		return nil, err
 	}
 	bs := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
-		b, err := imap.New(imapConfig(name, cfg.Backends[name]), log)
+		b := cfg.Backends[name]
+		// DESIGN: an unchanged section keeps its running instance, so its
+		// caches (the IMAP snapshot cache) survive a reload.
+		if prev != nil {
+			if old := prev.backends[name]; old != nil && old.typ == b.Type && reflect.DeepEqual(old.settings, b.Settings) {
+				rt.backends[name] = old
+				bs[name] = old.inst
+				continue
+			}
+		}
+		be, err := storeTypes.Build(b.Settings, backends.Env{Name: name, Log: log})
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
-		bs[name] = b
+		r := &running{typ: b.Type, settings: b.Settings, inst: backends.NewInstance(be)}
+		go func(name string, in *backends.Instance) {
+			<-in.Done()
+			log.Info().Str("backend", name).Msg("backend closed")
+		}(name, r.inst)
+		rt.backends[name] = r
+		bs[name] = r.inst
 	}
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
@@ -240,6 +266,8 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}
+	rt.mapper = uidlMapper(cfg, log, prev)
+	rt.options.UIDLMapper = rt.mapper
 	return rt, nil
 }
 
@@ -252,7 +280,7 @@ func (d *daemon) reload() {
 	defer d.mu.Unlock()
 	old := d.cur
 	old.log.Info().Str("config", d.path).Msg("SIGHUP: reloading configuration")
-	cfg, err := config.Load(d.path)
+	cfg, err := config.Load(d.path, storeTypes)
 	if err != nil {
 		var fe *config.FileError
 		if errors.As(err, &fe) {
@@ -261,11 +289,12 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
-	log, err := newLogger(d.stderr, cfg.Log.Level, cfg.Log.Format)
+	logTarget, err := d.logs.target(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		old.log.Error().Err(err).Msg("reload failed: the running configuration stays")
 		return
 	}
+	log := d.log
 	if !reflect.DeepEqual(cfg.Listeners, old.cfg.Listeners) {
 		log.Warn().Msg("listeners changed in the file: they need a restart; the running listeners stay")
 		cfg.Listeners = old.cfg.Listeners
@@ -283,10 +312,9 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
+	d.logs.set(logTarget)
 	d.srv.Update(rt.options)
-	if old.tls != nil && old.tls != rt.tls {
-		old.tls.Close() // open sessions keep their TLS state; handshakes use the new manager
-	}
+	old.retire(rt)
 	d.cur = rt
 	log.Info().Str("config", d.path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("configuration reloaded")
 }

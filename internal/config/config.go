@@ -13,6 +13,11 @@ package config
 import (
 	"sort"
 	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/popgate/popgate/internal/strictyaml"
+	"github.com/popgate/popgate/proxy"
 )
 
 // Config is the whole configuration file.
@@ -34,12 +39,14 @@ type Config struct {
 	Shutdown Shutdown `yaml:"shutdown"`
 	// Log controls the log output.
 	Log Log `yaml:"log"`
+	// Migration holds the UIDL maps captured from a retired POP3 server.
+	Migration Migration `yaml:"migration"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`
 
-	backendOrder []string       // backend names in file order
-	lines        map[string]int // key path -> line
+	backendOrder []string            // backend names in file order
+	dec          *strictyaml.Decoder // lines of the key paths
 }
 
 // TLS modes of a listener and of an upstream connection.
@@ -94,53 +101,32 @@ type ACME struct {
 // DefaultACMEStorage is where ACME state lives when storage is not set.
 const DefaultACMEStorage = "/var/lib/popgate/acme"
 
-// Backend is one upstream store. Only type imap exists in this version.
+// Backend is one upstream store as the file gives it: its type, and its
+// section, which the backends registry decodes, defaults and checks by that
+// type (the configuration core knows no backend's keys).
 type Backend struct {
-	Type    string `yaml:"type"`    // imap
-	Address string `yaml:"address"` // host:port
-	// TLS toward the store: implicit, starttls or none. Required.
-	TLS                string        `yaml:"tls"`
-	ServerName         string        `yaml:"server_name"`          // name to verify (default: host of address)
-	CAFile             string        `yaml:"ca_file"`              // extra trusted roots (PEM)
-	MinVersion         string        `yaml:"min_version"`          // default 1.2
-	InsecureSkipVerify bool          `yaml:"insecure_skip_verify"` // never in production
-	DialTimeout        time.Duration `yaml:"dial_timeout"`         // default 10s
-	CommandTimeout     time.Duration `yaml:"command_timeout"`      // default 30s
-	Mailbox            string        `yaml:"mailbox"`              // default INBOX
-	// UIDLTemplate forms UIDLs; empty is Dovecot's default %08Xu%08Xv.
-	UIDLTemplate string `yaml:"uidl_template"`
-	// MarkSeen sets \Seen upstream on RETR (default true).
-	MarkSeen *bool `yaml:"mark_seen"`
-	// SnapshotCache is how many maildrops' message lists (about 4 octets per
-	// message) are kept to skip the listing at login when the mailbox is
-	// unchanged (needs CONDSTORE upstream); default 10000, 0 disables.
-	SnapshotCache *int   `yaml:"snapshot_cache"`
-	Delete        Delete `yaml:"delete"`
+	// Type names the store type (imap, demo, …): a key of the registry.
+	Type string
+	// Node is the backend's whole section, the type key included.
+	Node *yaml.Node
+	// Settings is what the type decoded from Node (a backends.Config);
+	// nil when the section has problems or no BackendTypes was given.
+	Settings any
 }
 
-// Delete is what QUIT does upstream with the messages the client deleted.
-type Delete struct {
-	// Policy is expunge (default), move, flag or keep.
-	Policy string `yaml:"policy"`
-	// Folder is the target of policy move.
-	Folder string `yaml:"folder"`
-	// Keyword is the flag of policy flag (default $POP3Deleted).
-	Keyword string `yaml:"keyword"`
-	// AllowPlainExpunge allows a plain EXPUNGE on servers without UIDPLUS
-	// (it also removes messages other clients flagged \Deleted).
-	AllowPlainExpunge bool `yaml:"allow_plain_expunge"`
+// RawYAML marks Backend for strictyaml: its node is kept as it is.
+func (*Backend) RawYAML() {}
+
+// UnmarshalYAML keeps the node and reads the type key.
+func (b *Backend) UnmarshalYAML(n *yaml.Node) error {
+	b.Node = n
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "type" && n.Content[i+1].Kind == yaml.ScalarNode {
+			b.Type = n.Content[i+1].Value
+		}
+	}
+	return nil
 }
-
-// Delete policies.
-const (
-	PolicyExpunge = "expunge"
-	PolicyMove    = "move"
-	PolicyFlag    = "flag"
-	PolicyKeep    = "keep"
-)
-
-// DefaultDeleteKeyword is the keyword of policy flag when none is set.
-const DefaultDeleteKeyword = "$POP3Deleted"
 
 // Route sends the logins it matches to a backend.
 type Route struct {
@@ -179,14 +165,17 @@ type Session struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// CommandTimeout bounds each backend call of a command (default 1m).
 	CommandTimeout time.Duration `yaml:"command_timeout"`
-	// MaxErrors closes the connection after this many consecutive -ERR
-	// (default 10).
+	// MaxErrors closes the connection after this many consecutive protocol
+	// faults (default proxy.DefaultMaxErrors, 20): unknown commands, commands
+	// not valid in the current state, missing, extra or malformed arguments,
+	// overlong lines. Answers about deleted or out-of-range message numbers,
+	// upstream failures and failed logins (auth.max_failures) do not count.
 	MaxErrors int `yaml:"max_errors"`
 	// MaxConnections is the limit of open connections (default 1000; 0: no
 	// limit).
 	MaxConnections int `yaml:"max_connections"`
-	// MaxConnectionsPerIP is the limit per client address (default 50; 0:
-	// no limit).
+	// MaxConnectionsPerIP is the limit per client address (default 0: no
+	// limit, so that many clients behind one NAT or load balancer work).
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
 	// LoginDelay is announced as LOGIN-DELAY (RFC 2449 §6.5); 0: not announced.
 	LoginDelay time.Duration `yaml:"login_delay"`
@@ -200,6 +189,12 @@ type Shutdown struct {
 	// DrainTimeout is how long open sessions may finish after SIGTERM or
 	// SIGINT (default 30s); then they are closed without committing.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+}
+
+// Migration configures UIDL migration (popgate uidl capture).
+type Migration struct {
+	// UIDLDir is where captured maps live (default /var/lib/popgate/uidl).
+	UIDLDir string `yaml:"uidl_dir"`
 }
 
 // Log controls the log output.
@@ -220,54 +215,19 @@ func Defaults() *Config {
 			LoginTimeout:        time.Minute,
 			WriteTimeout:        time.Minute,
 			CommandTimeout:      time.Minute,
-			MaxErrors:           10,
+			MaxErrors:           proxy.DefaultMaxErrors,
 			MaxConnections:      1000,
-			MaxConnectionsPerIP: 50,
+			MaxConnectionsPerIP: 0,
 		},
-		Shutdown: Shutdown{DrainTimeout: 30 * time.Second},
-		Log:      Log{Level: "info", Format: "json"},
+		Shutdown:  Shutdown{DrainTimeout: 30 * time.Second},
+		Log:       Log{Level: "info", Format: "json"},
+		Migration: Migration{UIDLDir: "/var/lib/popgate/uidl"},
 	}
 }
-
-// Backend defaults applied to every backend after parsing.
-const (
-	DefaultDialTimeout    = 10 * time.Second
-	DefaultCommandTimeout = 30 * time.Second
-	DefaultMailbox        = "INBOX"
-	DefaultSnapshotCache  = 10000
-)
 
 // applyDefaults fills what the file left out inside lists and maps (the
 // top-level defaults are in place before decoding).
 func (c *Config) applyDefaults() {
-	for _, b := range c.Backends {
-		if b == nil {
-			continue
-		}
-		if b.DialTimeout == 0 {
-			b.DialTimeout = DefaultDialTimeout
-		}
-		if b.CommandTimeout == 0 {
-			b.CommandTimeout = DefaultCommandTimeout
-		}
-		if b.Mailbox == "" {
-			b.Mailbox = DefaultMailbox
-		}
-		if b.MarkSeen == nil {
-			t := true
-			b.MarkSeen = &t
-		}
-		if b.SnapshotCache == nil {
-			n := DefaultSnapshotCache
-			b.SnapshotCache = &n
-		}
-		if b.Delete.Policy == "" {
-			b.Delete.Policy = PolicyExpunge
-		}
-		if b.Delete.Policy == PolicyFlag && b.Delete.Keyword == "" {
-			b.Delete.Keyword = DefaultDeleteKeyword
-		}
-	}
 	if c.TLS != nil && c.TLS.ACME != nil {
 		a := c.TLS.ACME
 		if a.Challenge == "" {

@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/backends/imap"
 )
 
 const good = `
@@ -45,6 +48,12 @@ log:
   format: json
 `
 
+// types are the store types the tests decode backends with.
+var types = backends.NewRegistry(imap.Type)
+
+// imapOf returns the decoded settings of an imap backend.
+func imapOf(c *Config, name string) *imap.Config { return c.Backends[name].Settings.(*imap.Config) }
+
 // withFiles replaces CERT and KEY by existing files.
 func withFiles(t *testing.T, s string) string {
 	t.Helper()
@@ -60,7 +69,7 @@ func withFiles(t *testing.T, s string) string {
 }
 
 func TestParseGood(t *testing.T) {
-	c, err := Parse([]byte(withFiles(t, good)))
+	c, err := Parse([]byte(withFiles(t, good)), types)
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
@@ -70,18 +79,22 @@ func TestParseGood(t *testing.T) {
 	if got := c.BackendNames(); strings.Join(got, ",") != "main,other" {
 		t.Errorf("backend order = %v, want file order main,other", got)
 	}
-	m := c.Backends["main"]
-	if m.Mailbox != "INBOX" || m.DialTimeout != DefaultDialTimeout || m.MarkSeen == nil || !*m.MarkSeen {
+	m := imapOf(c, "main")
+	if m.Mailbox != "INBOX" || m.DialTimeout != backends.DefaultDialTimeout || !m.MarkSeen {
 		t.Errorf("backend defaults not applied: %+v", m)
 	}
-	if c.Backends["other"].Delete.Folder != "Trash" {
-		t.Errorf("flow mapping not decoded: %+v", c.Backends["other"].Delete)
+	if imapOf(c, "other").Delete.Folder != "Trash" {
+		t.Errorf("flow mapping not decoded: %+v", imapOf(c, "other").Delete)
 	}
 	if c.Session.IdleTimeout != 15*time.Minute {
 		t.Errorf("idle_timeout = %v", c.Session.IdleTimeout)
 	}
-	if c.Session.MaxErrors != 10 || c.Shutdown.DrainTimeout != 30*time.Second || c.Auth.FailureDelay != 2*time.Second {
+	if c.Session.MaxErrors != 20 || c.Shutdown.DrainTimeout != 30*time.Second || c.Auth.FailureDelay != 2*time.Second {
 		t.Errorf("top-level defaults lost: %+v %+v %+v", c.Session, c.Shutdown, c.Auth)
+	}
+	// Issue 14: no per-address cap by default (NAT, load balancers).
+	if c.Session.MaxConnectionsPerIP != 0 || c.Session.MaxConnections != 1000 {
+		t.Errorf("connection limits = %d per address, %d in all; want 0 (none) and 1000", c.Session.MaxConnectionsPerIP, c.Session.MaxConnections)
 	}
 	if !c.Routes[0].Rewrite.StripDomain {
 		t.Errorf("rewrite not decoded")
@@ -91,7 +104,7 @@ func TestParseGood(t *testing.T) {
 // problems parses s and returns the problems as strings.
 func problems(t *testing.T, s string) []string {
 	t.Helper()
-	_, err := Parse([]byte(s))
+	_, err := Parse([]byte(s), types)
 	if err == nil {
 		t.Fatalf("Parse succeeded, want problems")
 	}
@@ -117,10 +130,10 @@ func wantProblems(t *testing.T, s string, want ...string) {
 func TestUnknownKeyNamesKeyAndLine(t *testing.T) {
 	s := strings.Replace(withFiles(t, good), "    tls: none\n", "    tls: none\n    adress: x\n", 1)
 	wantProblems(t, s,
-		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mailbox, uidl_template, mark_seen, snapshot_cache, delete)`)
+		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge)`)
 
 	wantProblems(t, "listenerz: []\n"+withFiles(t, good),
-		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, auth, session, shutdown, log)`)
+		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, auth, session, shutdown, log, migration)`)
 }
 
 func TestEveryProblemReported(t *testing.T) {
@@ -154,7 +167,7 @@ log:
 		`line 4: listeners[0].tls: starttls needs a certificate: add a tls section (cert_file and key_file, or acme)`,
 		`line 5: listeners[1].address: "127.0.0.1:99999": port "99999" is not a number from 0 to 65535`,
 		`line 6: listeners[1].tls: unknown mode "plain" (want none, starttls or implicit)`,
-		`line 9: backends.main.type: type "jmap" is not available in this version (only imap)`,
+		`line 9: backends.main.type: unknown type "jmap" (registered types: imap)`,
 		`line 14: backends.b2.delete.policy: unknown policy "shred" (want expunge, move, flag or keep)`,
 		`line 17: routes[0].backend: unknown backend "nope"`,
 		`line 18: routes[1].match: "a*b": a wildcard is only allowed as "*" or "*@domain"`,
@@ -169,18 +182,18 @@ func TestEnvExpansion(t *testing.T) {
 	t.Setenv("PG_MAXC", "70")
 	s := strings.Replace(withFiles(t, good), "address: 127.0.0.1:143", "address: ${PG_HOST}:143", 1)
 	s = strings.Replace(s, "idle_timeout: 15m", "idle_timeout: 15m\n  max_connections: ${PG_MAXC}", 1)
-	s = strings.Replace(s, "    tls: none\n", "    tls: none\n    uidl_template: \"$${K}\"\n", 1)
-	c, err := Parse([]byte(s))
+	s = strings.Replace(s, "    tls: none\n", "    tls: none\n    uidl_template: \"$${K}%u\"\n", 1)
+	c, err := Parse([]byte(s), types)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.Backends["main"].Address; got != "imap.example.com:143" {
+	if got := imapOf(c, "main").Address; got != "imap.example.com:143" {
 		t.Errorf("address = %q", got)
 	}
 	if c.Session.MaxConnections != 70 {
 		t.Errorf("max_connections = %d: a plain ${…} scalar must resolve to a number", c.Session.MaxConnections)
 	}
-	if got := c.Backends["main"].UIDLTemplate; got != "${K}" {
+	if got := imapOf(c, "main").UIDLTemplate; got != "${K}%u" {
 		t.Errorf("uidl_template = %q, want the literal ${K} from $${K}", got)
 	}
 
@@ -223,7 +236,7 @@ backends: {m: {type: imap, address: "h:993", tls: implicit}}
 routes: [{match: "*", backend: m}]
 `
 	wantProblems(t, strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: dns", 1), `line 4: tls.acme.challenge: unknown challenge "dns" (want tls-alpn or http)`)
-	c, err := Parse([]byte(strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: http, http_address: \":80\"", 1)))
+	c, err := Parse([]byte(strings.Replace(acme, "mail.example.com]", "mail.example.com], challenge: http, http_address: \":80\"", 1)), types)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +247,7 @@ routes: [{match: "*", backend: m}]
 
 func TestLoadNamesFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "missing.yaml")
-	_, err := Load(p)
+	_, err := Load(p, types)
 	if err == nil || err.Error() != p+": no such file or directory" {
 		t.Fatalf("Load(missing) = %v", err)
 	}
@@ -244,9 +257,9 @@ func TestLoadNamesFile(t *testing.T) {
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("log: {level: loud}\nlisteners: [{address: \":995\", tls: implicit}]\ntls: {acme: {domains: [x.example]}}\nbackends: {m: {type: imap, address: \"h:1\", tls: none}}\nroutes: [{match: \"*\", backend: m}]\n"), 0o600)
-	_, err = Load(bad)
+	_, err = Load(bad, types)
 	if err == nil || !strings.HasPrefix(err.Error(), bad+": line 1: log.level: unknown level \"loud\"") {
-		t.Fatalf("Load(bad) = %v", err)
+		t.Fatalf("Load(bad, types) = %v", err)
 	}
 }
 
@@ -257,7 +270,7 @@ backends: {m: {type: imap, address: "h:143", tls: none}}
 routes: [{match: "*", backend: m}]
 `
 	wantProblems(t, s, `line 2: listeners[0].tls: none without auth.allow_plaintext: true lets no client log in (use starttls or implicit, or allow plaintext logins)`)
-	if _, err := Parse([]byte(s + "auth: {allow_plaintext: true}\n")); err != nil {
+	if _, err := Parse([]byte(s+"auth: {allow_plaintext: true}\n"), types); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -270,7 +283,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("backends: {m: {type: imap, address: \"${HOME}:1\", tls: none}}\n"))
 	f.Add([]byte("session: {idle_timeout: 5, max_errors: [1]}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(data)
+		c, err := Parse(data, types)
 		if err == nil {
 			if verr := c.Validate(); verr != nil {
 				t.Fatalf("Parse accepted a configuration Validate refuses: %v", verr)

@@ -2,11 +2,11 @@ package config
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/internal/netconf"
 	"github.com/popgate/popgate/tlsconf"
 )
 
@@ -28,21 +28,6 @@ func (k *checker) add(path, format string, args ...any) {
 	k.ps = append(k.ps, Problem{Path: path, Line: k.c.lineOf(path), Msg: fmt.Sprintf(format, args...)})
 }
 
-// lineOf returns the line of path or of its nearest parent in the file.
-func (c *Config) lineOf(path string) int {
-	for p := path; p != ""; {
-		if l, ok := c.lines[p]; ok {
-			return l
-		}
-		i := strings.LastIndexAny(p, ".[")
-		if i < 0 {
-			break
-		}
-		p = p[:i]
-	}
-	return 0
-}
-
 func (c *Config) validate() Problems {
 	k := &checker{c: c}
 	k.listeners()
@@ -53,6 +38,9 @@ func (c *Config) validate() Problems {
 	k.session()
 	if c.Shutdown.DrainTimeout < 0 {
 		k.add("shutdown.drain_timeout", "must not be negative")
+	}
+	if c.Migration.UIDLDir == "" {
+		k.add("migration.uidl_dir", "must not be empty (default /var/lib/popgate/uidl)")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -67,22 +55,6 @@ func (c *Config) validate() Problems {
 	return k.ps
 }
 
-// checkAddress checks a host:port to listen on or dial.
-func checkAddress(addr string) error {
-	if addr == "" {
-		return fmt.Errorf("required (host:port, for example 0.0.0.0:995)")
-	}
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("%q is not host:port (%s)", addr, strings.TrimPrefix(err.Error(), "address "+addr+": "))
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 0 || n > 65535 {
-		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
-	}
-	return nil
-}
-
 func (k *checker) listeners() {
 	c := k.c
 	if len(c.Listeners) == 0 {
@@ -91,7 +63,7 @@ func (k *checker) listeners() {
 	seen := map[string]int{}
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
-		if err := checkAddress(l.Address); err != nil {
+		if err := netconf.CheckAddress(l.Address); err != nil {
 			k.add(p+".address", "%v", err)
 		} else if j, dup := seen[l.Address]; dup {
 			k.add(p+".address", "%q is already used by listeners[%d]", l.Address, j)
@@ -172,13 +144,13 @@ func (k *checker) tls() {
 				k.add("tls.acme.http_address", "only used with challenge: http")
 			}
 			if a.TLSALPNAddress != "" {
-				if err := checkAddress(a.TLSALPNAddress); err != nil {
+				if err := netconf.CheckAddress(a.TLSALPNAddress); err != nil {
 					k.add("tls.acme.tls_alpn_address", "%v", err)
 				}
 			}
 		case "http":
 			if a.HTTPAddress != "" {
-				if err := checkAddress(a.HTTPAddress); err != nil {
+				if err := netconf.CheckAddress(a.HTTPAddress); err != nil {
 					k.add("tls.acme.http_address", "%v", err)
 				}
 			}
@@ -200,70 +172,11 @@ func (k *checker) backends() {
 		b := c.Backends[name]
 		p := "backends." + name
 		if b == nil {
-			k.add(p, "empty backend (set at least type and address)")
+			k.add(p, "empty backend (set at least its type)")
 			continue
 		}
 		if strings.ContainsAny(name, "/ \t") || name == "" {
 			k.add(p, "a backend name must not be empty or hold '/' or spaces")
-		}
-		switch b.Type {
-		case "imap":
-		case "":
-			k.add(p+".type", "required (imap)")
-			continue
-		case "jmap", "httpapi":
-			k.add(p+".type", "type %q is not available in this version (only imap)", b.Type)
-			continue
-		default:
-			k.add(p+".type", "unknown type %q (only imap)", b.Type)
-			continue
-		}
-		if err := checkAddress(b.Address); err != nil {
-			k.add(p+".address", "%v", err)
-		}
-		switch b.TLS {
-		case TLSNone, TLSStartTLS, TLSImplicit:
-		case "":
-			k.add(p+".tls", "required (implicit, starttls or none)")
-		default:
-			k.add(p+".tls", "unknown mode %q (want implicit, starttls or none)", b.TLS)
-		}
-		if _, err := tlsconf.ParseVersion(b.MinVersion); err != nil {
-			k.add(p+".min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", b.MinVersion)
-		}
-		if b.CAFile != "" {
-			if err := checkFile(b.CAFile); err != nil {
-				k.add(p+".ca_file", "%v", err)
-			}
-		}
-		if b.TLS == TLSNone && (b.CAFile != "" || b.ServerName != "" || b.InsecureSkipVerify) {
-			k.add(p+".tls", "none, but server_name, ca_file or insecure_skip_verify is set")
-		}
-		if b.Mailbox == "" {
-			k.add(p+".mailbox", "must not be empty")
-		}
-		if b.SnapshotCache != nil && *b.SnapshotCache < 0 {
-			k.add(p+".snapshot_cache", "must not be negative (0 disables the cache)")
-		}
-		if strings.ContainsAny(b.UIDLTemplate, " \t\r\n") {
-			k.add(p+".uidl_template", "must not contain spaces (UIDLs are 0x21–0x7E only, RFC 1939 §7)")
-		}
-		d := b.Delete
-		switch d.Policy {
-		case PolicyExpunge, PolicyKeep:
-		case PolicyMove:
-			if d.Folder == "" {
-				k.add(p+".delete.folder", "required with policy move")
-			}
-		case PolicyFlag:
-			if strings.ContainsAny(d.Keyword, " ()[]{}%*\"\\") {
-				k.add(p+".delete.keyword", "%q is not a valid IMAP keyword", d.Keyword)
-			}
-		default:
-			k.add(p+".delete.policy", "unknown policy %q (want expunge, move, flag or keep)", d.Policy)
-		}
-		if d.Folder != "" && d.Policy != PolicyMove {
-			k.add(p+".delete.folder", "only used with policy move")
 		}
 	}
 }

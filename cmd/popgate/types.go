@@ -1,0 +1,16 @@
+package main
+
+import (
+	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/backends/demo"
+	"github.com/popgate/popgate/backends/imap"
+)
+
+// storeTypes are the store types a backend section may name in its type
+// key. This table is the one place that enables them (no init()
+// registration): adding a store type is its folder under backends/ and one
+// line here. See docs/architecture.md.
+var storeTypes = backends.NewRegistry(
+	imap.Type, // IMAP4rev1 server (Dovecot, Cyrus, …)
+	demo.Type, // the embedded store of popgate demo, in the gateway's process
+)

@@ -1,0 +1,844 @@
+package e2e
+
+// The fault matrix (issue 13): popgate serve in front of the shared Dovecot
+// with Toxiproxy in between, one toxic at a time, installed at the start of
+// one phase of a POP3 session. Each case asserts what the client sees,
+// what Dovecot holds afterwards, the session's one "session end" log line,
+// and that a bystander session on the same popgate is served meanwhile
+// (its latency is logged, never asserted). docs/failure-modes.md holds the
+// same table; TestFailureModesDoc compares it with faultCases.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2/client"
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/popgate/popgate/backends/demo"
+	"github.com/popgate/popgate/internal/testutil"
+)
+
+var updateDoc = flag.Bool("update-failure-modes", false, "rewrite the matrix table in docs/failure-modes.md from the test's cases")
+
+// faultPhase is where in a session the toxic is installed. trigger is an
+// upstream (popgate → Dovecot) command pattern: a test relay in front of
+// Toxiproxy holds the nth matching write until the toxic is in place, so
+// the toxic acts exactly from that command on. An empty trigger installs
+// the toxic before popgate connects; "*" fires on the first write.
+type faultPhase struct {
+	name    string
+	doc     string // what the phase is, for the doc
+	trigger string
+	nth     int
+	// limit is limit_data's byte count in this phase (counted from the
+	// trigger): where the cut falls.
+	limit int64
+	// deletes are the message numbers the client DELEs before the phase
+	// (1-based; the maildrop holds 3 messages).
+	deletes []int
+}
+
+var faultPhases = []faultPhase{
+	{name: "connect", doc: "popgate connects to the IMAP server (at PASS); the toxic is in place before the greeting", trigger: "", limit: 16},
+	{name: "login", doc: "the IMAP LOGIN/AUTHENTICATE popgate sends at PASS, and its answer", trigger: "*", nth: 1, limit: 16},
+	{name: "snapshot", doc: "SELECT and UID FETCH 1:* (the listing), still within PASS", trigger: " SELECT ", nth: 1, limit: 64},
+	{name: "retr", doc: "RETR of a 1.5 MiB message, from its second 1 MiB chunk: the client already has +OK and the first chunk", trigger: "BODY.PEEK[", nth: 2, limit: 4096, deletes: []int{3}},
+	{name: "top", doc: "TOP 2 10 of the same message, from its first upstream FETCH", trigger: "BODY.PEEK[", nth: 1, limit: 16, deletes: []int{3}},
+	{name: "quit", doc: "QUIT's commit after DELE 1 and DELE 3, from its UID STORE +FLAGS (\\Deleted)", trigger: `\Deleted`, nth: 1, limit: 10, deletes: []int{1, 3}},
+	{name: "quit-expunge", doc: "QUIT's commit after DELE 1 and DELE 3, from its UID EXPUNGE (the STORE succeeded)", trigger: "EXPUNGE", nth: 1, limit: 10, deletes: []int{1, 3}},
+}
+
+// faultToxic is one Toxiproxy toxic, always on the downstream (Dovecot →
+// popgate) direction: the command reaches Dovecot, its answer is delayed,
+// throttled, cut or lost.
+type faultToxic struct {
+	name  string
+	doc   string
+	attrs toxiproxy.Attributes
+}
+
+var faultToxics = []faultToxic{
+	{"latency", "200 ms added to every chunk", toxiproxy.Attributes{"latency": 200}},
+	{"bandwidth", "1 KB/s", toxiproxy.Attributes{"rate": 1}},
+	{"reset_peer", "TCP RST on the next answer", toxiproxy.Attributes{"timeout": 0}},
+	{"timeout", "answers dropped, connection kept open (black hole)", toxiproxy.Attributes{"timeout": 0}},
+	{"slicer", "answers cut into pieces of 64–192 octets", toxiproxy.Attributes{"average_size": 128, "size_variation": 64, "delay": 0}},
+	{"limit_data", "connection closed after N octets of answer (N per phase)", nil},
+}
+
+// What the client sees at the phase.
+const (
+	seesOK      = "ok"       // everything answered, messages complete
+	seesErrPass = "err-pass" // -ERR [SYS/TEMP] at PASS
+	seesCut     = "cut"      // +OK, part of the message, closed before the terminating dot
+	seesErrCmd  = "err-cmd"  // -ERR [SYS/TEMP] answering the phase's command (TOP, QUIT)
+)
+
+// faultCase is one cell of the matrix with its expected outcome.
+type faultCase struct {
+	phase faultPhase
+	toxic faultToxic
+	sees  string
+}
+
+// faultCases is the matrix: every phase × every toxic.
+func faultCases() []faultCase {
+	var cs []faultCase
+	for _, p := range faultPhases {
+		for _, x := range faultToxics {
+			cs = append(cs, faultCase{phase: p, toxic: x, sees: expectSees(p.name, x.name)})
+		}
+	}
+	return cs
+}
+
+func expectSees(phase, toxic string) string {
+	switch toxic {
+	case "latency", "slicer":
+		return seesOK // slower, within the timeouts
+	case "bandwidth":
+		// The login's answers are under 2 KB: slow but in time. A 1 MiB chunk
+		// or TOP's 4 KiB of text cannot arrive within command_timeout.
+		switch phase {
+		case "retr":
+			return seesCut
+		case "top":
+			return seesCut
+		}
+		return seesOK
+	}
+	switch phase {
+	case "connect", "login", "snapshot":
+		return seesErrPass
+	case "retr":
+		return seesCut
+	}
+	return seesErrCmd
+}
+
+// end is the session's "end" log field for c.
+func (c faultCase) end() string {
+	switch {
+	case c.sees == seesOK, c.sees == seesErrPass:
+		return "quit" // after -ERR at PASS the client says QUIT in AUTHORIZATION
+	case c.sees == seesCut:
+		return "error"
+	default:
+		return "commit_failed" // TOP failed, the upstream session is gone: QUIT cannot commit DELE 3
+	}
+}
+
+// Upstream states of a message after the session.
+const (
+	upKept    = "kept"    // present, not \Deleted
+	upFlagged = "flagged" // present with \Deleted: hidden from POP3 sessions, not removed
+	upGone    = "gone"    // expunged
+)
+
+// upstream is the state of messages 1, 2, 3 after c.
+func (c faultCase) upstream() [3]string {
+	st := [3]string{upKept, upKept, upKept}
+	del := func(s string) {
+		for _, n := range c.phase.deletes {
+			st[n-1] = s
+		}
+		if len(c.phase.deletes) == 0 {
+			st[2] = s // the login phases' clients DELE 3 after a successful PASS
+		}
+	}
+	switch {
+	case c.sees == seesOK:
+		del(upGone)
+	case c.sees == seesErrCmd && c.phase.name == "quit":
+		del(upFlagged) // the STORE ran upstream, its answer was lost: no EXPUNGE
+	case c.sees == seesErrCmd && c.phase.name == "quit-expunge":
+		del(upGone) // the EXPUNGE ran upstream, its answer was lost
+	}
+	return st
+}
+
+func (c faultCase) name() string { return c.phase.name + "/" + c.toxic.name }
+
+func (c faultCase) user() string { return "f-" + c.phase.name + "-" + c.toxic.name }
+
+func (c faultCase) attrs() toxiproxy.Attributes {
+	if c.toxic.name == "limit_data" {
+		return toxiproxy.Attributes{"bytes": c.phase.limit}
+	}
+	return c.toxic.attrs
+}
+
+var seesText = map[string]string{
+	seesOK:      "everything answered; messages complete",
+	seesErrPass: "`-ERR [SYS/TEMP]` at PASS",
+	seesCut:     "`+OK`, then the connection closes before the terminating `.`",
+	seesErrCmd:  "`-ERR [SYS/TEMP]` to the command",
+}
+
+// matrixTable renders faultCases as the Markdown table of
+// docs/failure-modes.md.
+func matrixTable() string {
+	var b strings.Builder
+	b.WriteString("| phase | toxic | the client sees | `end` | message 1 | message 2 | message 3 |\n")
+	b.WriteString("|---|---|---|---|---|---|---|\n")
+	for _, c := range faultCases() {
+		toxic := c.toxic.name
+		if toxic == "limit_data" {
+			toxic += " " + strconv.FormatInt(c.phase.limit, 10)
+		}
+		sees := seesText[c.sees]
+		if c.sees == seesErrCmd {
+			sees = "`-ERR [SYS/TEMP]` to " + map[string]string{"top": "TOP", "quit": "QUIT", "quit-expunge": "QUIT"}[c.phase.name]
+			if c.phase.name == "top" {
+				sees += "; QUIT then `-ERR [SYS/TEMP]` too"
+			}
+		}
+		up := c.upstream()
+		fmt.Fprintf(&b, "| %s | %s | %s | `%s` | %s | %s | %s |\n", c.phase.name, toxic, sees, c.end(), up[0], up[1], up[2])
+	}
+	return b.String()
+}
+
+const (
+	docPath    = "../docs/failure-modes.md"
+	tableStart = "<!-- fault matrix: generated by e2e/faults_test.go; go test ./e2e -run TestFailureModesDoc -args -update-failure-modes -->\n"
+	tableEnd   = "<!-- end of fault matrix -->\n"
+)
+
+// The matrix in docs/failure-modes.md is the one this test runs.
+func TestFailureModesDoc(t *testing.T) {
+	raw, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	i, j := strings.Index(doc, tableStart), strings.Index(doc, tableEnd)
+	if i < 0 || j < i {
+		t.Fatalf("%s: no %q … %q block", docPath, tableStart, tableEnd)
+	}
+	want := matrixTable()
+	got := doc[i+len(tableStart) : j]
+	if got == want {
+		return
+	}
+	if *updateDoc {
+		if err := os.WriteFile(docPath, []byte(doc[:i+len(tableStart)]+want+doc[j:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	t.Fatalf("%s's matrix differs from the test's cases; rerun with -args -update-failure-modes. The test's table:\n%s", docPath, want)
+}
+
+// toxiServer starts toxiproxy-server on a free loopback port until the end
+// of t.
+func toxiServer(t *testing.T) *toxiproxy.Client {
+	t.Helper()
+	requireBin(t, "toxiproxy-server")
+	port := freePort(t)
+	var out testutil.SyncBuffer
+	cmd := exec.Command("toxiproxy-server", "-host", "127.0.0.1", "-port", port)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	addr := "127.0.0.1:" + port
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/version")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("toxiproxy-server did not answer on %s: %v\n%s", addr, err, out.String())
+		}
+	}
+	return toxiproxy.NewClient(addr)
+}
+
+// phaseRelay forwards popgate's upstream connections to a Toxiproxy proxy
+// and calls fire (once) just before forwarding the nth write that contains
+// trigger, after arm.
+type phaseRelay struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	armed  bool
+	trig   string
+	nth    int
+	seen   int
+	fire   func()
+	fired  chan struct{}
+}
+
+func newPhaseRelay(t *testing.T, target string) *phaseRelay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &phaseRelay{ln: ln, target: target, fired: make(chan struct{})}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); r.relay(c) }()
+		}
+	}()
+	return r
+}
+
+func (r *phaseRelay) addr() string { return r.ln.Addr().String() }
+
+// arm makes the relay call fire before the nth upstream write containing
+// trigger ("*": any write).
+func (r *phaseRelay) arm(trigger string, nth int, fire func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.armed, r.trig, r.nth, r.seen, r.fire = true, trigger, nth, 0, fire
+}
+
+func (r *phaseRelay) check(tail, chunk []byte) {
+	r.mu.Lock()
+	if !r.armed {
+		r.mu.Unlock()
+		return
+	}
+	window := append(append([]byte{}, tail...), chunk...)
+	if r.trig == "*" {
+		r.seen++
+	} else {
+		r.seen += bytes.Count(window, []byte(r.trig)) - bytes.Count(tail, []byte(r.trig))
+	}
+	if r.seen < r.nth {
+		r.mu.Unlock()
+		return
+	}
+	r.armed = false
+	fire := r.fire
+	r.mu.Unlock()
+	fire()
+	close(r.fired)
+}
+
+func (r *phaseRelay) relay(c net.Conn) {
+	defer c.Close()
+	u, err := net.Dial("tcp", r.target)
+	if err != nil {
+		return
+	}
+	defer u.Close()
+	go func() { io.Copy(c, u); c.Close() }()
+	buf := make([]byte, 64<<10)
+	var tail []byte
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			r.check(tail, buf[:n])
+			if _, werr := u.Write(buf[:n]); werr != nil {
+				return
+			}
+			tail = append(tail, buf[:n]...)
+			if len(tail) > 64 {
+				tail = append([]byte{}, tail[len(tail)-64:]...)
+			}
+		}
+		if err != nil {
+			u.(*net.TCPConn).CloseWrite()
+			return
+		}
+	}
+}
+
+// faultGateway runs popgate serve with a backend per case (its upstream
+// address the case's relay), routed by exact login name, and a "clean"
+// backend straight to Dovecot for everyone else (the bystanders).
+func faultGateway(t *testing.T, relays map[string]string, secrets []string) *gateway {
+	t.Helper()
+	dir := t.TempDir()
+	g := &gateway{addr: "127.0.0.1:" + freePort(t), logPath: filepath.Join(dir, "popgate.log"), secrets: secrets}
+	var b strings.Builder
+	fmt.Fprintf(&b, "listeners:\n  - {address: %q, tls: none}\n", g.addr)
+	b.WriteString("backends:\n")
+	backend := func(name, addr string) {
+		fmt.Fprintf(&b, "  %s:\n    type: imap\n    address: %q\n    tls: none\n    dial_timeout: 3s\n    command_timeout: 3s\n    delete: {policy: expunge}\n", name, addr)
+	}
+	backend("clean", dc.Addr())
+	var users []string
+	for u := range relays {
+		users = append(users, u)
+	}
+	for _, u := range users {
+		backend(u, relays[u])
+	}
+	b.WriteString("routes:\n")
+	for _, u := range users {
+		fmt.Fprintf(&b, "  - {match: %q, backend: %s}\n", u, u)
+	}
+	b.WriteString("  - {match: \"*\", backend: clean}\n")
+	b.WriteString(`auth:
+  allow_plaintext: true
+  failure_delay: 0s
+session:
+  command_timeout: 8s
+  idle_timeout: 1m
+  login_timeout: 1m
+  max_connections_per_ip: 0
+log:
+  level: info
+  format: json
+`)
+	return runGateway(t, g, dir, b.String())
+}
+
+// bigMessage is a 1.5 MiB message (two upstream chunks) with dot-leading
+// lines.
+func bigMessage() []byte {
+	var b bytes.Buffer
+	b.WriteString("From: Fault Sender <fault@example.com>\r\nTo: f@example.org\r\nSubject: a message of two chunks\r\nMessage-ID: <big.fault@example.com>\r\n\r\n")
+	for i := 0; b.Len() < 3<<19; i++ {
+		if i%50 == 0 {
+			b.WriteString(".a dot-leading line\r\n")
+		}
+		fmt.Fprintf(&b, "%07d %s\r\n", i, strings.Repeat("0123456789", 1+i%12))
+	}
+	return b.Bytes()
+}
+
+// pop3 is a raw POP3 connection for the matrix: it must see exactly what
+// popgate wrote, including a connection closed in the middle of a message.
+type pop3 struct {
+	t  *testing.T
+	c  net.Conn
+	r  *bufio.Reader
+	id string // the client's IP address, in the "remote" of its log lines
+}
+
+// dialFrom connects to addr from source address ip (any of 127.0.0.0/8
+// works on loopback).
+func dialFrom(ip, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return d.Dial("tcp", addr)
+}
+
+func dialPOP3(t *testing.T, ip, addr string) *pop3 {
+	t.Helper()
+	c, err := dialFrom(ip, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pop3{t: t, c: c, r: bufio.NewReader(c), id: ip}
+	t.Cleanup(func() { c.Close() })
+	if l, err := p.line(); err != nil || !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("greeting %q %v", l, err)
+	}
+	return p
+}
+
+func (p *pop3) line() (string, error) {
+	p.c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	l, err := p.r.ReadString('\n')
+	return strings.TrimRight(l, "\r\n"), err
+}
+
+// cmd sends one command and returns its status line.
+func (p *pop3) cmd(format string, a ...any) string {
+	p.t.Helper()
+	l, err := p.try(format, a...)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return l
+}
+
+// try sends one command and returns its status line or an error.
+func (p *pop3) try(format string, a ...any) (string, error) {
+	name := strings.Fields(format)[0]
+	if _, err := fmt.Fprintf(p.c, format+"\r\n", a...); err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	l, err := p.line()
+	if err != nil {
+		return "", fmt.Errorf("%s: no answer: %w", name, err)
+	}
+	return l, nil
+}
+
+// multi reads a multi-line body after +OK: the unstuffed octets, and
+// whether the terminating dot line came (false: the connection closed).
+func (p *pop3) multi() ([]byte, bool) {
+	var b bytes.Buffer
+	for {
+		p.c.SetReadDeadline(time.Now().Add(60 * time.Second))
+		l, err := p.r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			b.Write(l)
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				p.t.Errorf("no data for 60s in a multi-line answer")
+			}
+			b.Write(l)
+			return b.Bytes(), false
+		}
+		if string(l) == ".\r\n" {
+			return b.Bytes(), true
+		}
+		if l[0] == '.' {
+			l = l[1:]
+		}
+		b.Write(l)
+	}
+}
+
+// closed reports whether the server closed the connection (reading gets
+// EOF or a reset within 30 s).
+func (p *pop3) closed() bool {
+	p.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	_, err := p.r.ReadByte()
+	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// topOf is TOP's expected answer: the header, the blank line and the first
+// n body lines.
+func topOf(msg []byte, n int) []byte {
+	h, body, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
+	out := append(append([]byte{}, h...), "\r\n\r\n"...)
+	for i := 0; i < n && len(body) > 0; i++ {
+		l, rest, ok := bytes.Cut(body, []byte("\r\n"))
+		out = append(append(out, l...), "\r\n"...)
+		if !ok {
+			break
+		}
+		body = rest
+	}
+	return out
+}
+
+// sessionEnds returns the "session end" log lines of connections from ip
+// (each case's client has an address of its own in 127.0.0.0/8, so that a
+// reused client port cannot mix two connections up).
+func sessionEnds(t *testing.T, logPath, ip string) []map[string]any {
+	raw, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, l := range bytes.Split(raw, []byte("\n")) {
+		if !bytes.Contains(l, []byte(`"session end"`)) || !bytes.Contains(l, []byte(`"`+ip+`:`)) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err == nil && m["message"] == "session end" {
+			if r, _ := m["remote"].(string); strings.HasPrefix(r, ip+":") {
+				out = append(out, m)
+			}
+		}
+	}
+	return out
+}
+
+// bystander runs a whole session for user on g (login, RETR 1, QUIT) while
+// a fault is active elsewhere, checks it, and logs its latencies. It runs
+// in its own goroutine, so it reports with Errorf only.
+func bystander(t *testing.T, g *gateway, ip, user, pass string, msg []byte) {
+	start := time.Now()
+	c, err := dialFrom(ip, g.addr)
+	if err != nil {
+		t.Errorf("bystander: %v", err)
+		return
+	}
+	defer c.Close()
+	p := &pop3{t: t, c: c, r: bufio.NewReader(c)}
+	step := func(format string, a ...any) bool {
+		l, err := p.try(format, a...)
+		if err == nil && !strings.HasPrefix(l, "+OK") {
+			err = fmt.Errorf("%s: %s", strings.Fields(format)[0], l)
+		}
+		if err != nil {
+			t.Errorf("bystander: %v", err)
+			return false
+		}
+		return true
+	}
+	if l, err := p.line(); err != nil || !strings.HasPrefix(l, "+OK") {
+		t.Errorf("bystander greeting %q %v", l, err)
+		return
+	}
+	if !step("USER %s", user) || !step("PASS %s", pass) {
+		return
+	}
+	login := time.Since(start)
+	start = time.Now()
+	if !step("RETR 1") {
+		return
+	}
+	got, done := p.multi()
+	retr := time.Since(start)
+	if !done || !bytes.Equal(got, msg) {
+		t.Errorf("bystander RETR 1: complete %v, %d octets, want %d", done, len(got), len(msg))
+	}
+	step("QUIT")
+	t.Logf("bystander during the fault: login %v, RETR %v", login.Round(time.Millisecond), retr.Round(time.Millisecond))
+}
+
+// TestFaultMatrix runs every phase × toxic case against popgate serve →
+// relay → Toxiproxy → Dovecot, several cases at a time.
+func TestFaultMatrix(t *testing.T) {
+	require(t)
+	if *reference {
+		t.Skip("the fault matrix tests popgate")
+	}
+	tox := toxiServer(t)
+	cases := faultCases()
+	small := demo.Samples()
+	big := bigMessage()
+	relays := map[string]string{}
+	caseRelay := map[string]*phaseRelay{}
+	proxies := map[string]*toxiproxy.Proxy{}
+	var secrets []string
+	for _, c := range cases {
+		px, err := tox.CreateProxy(c.user(), "127.0.0.1:0", dc.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		proxies[c.user()] = px
+		r := newPhaseRelay(t, px.Listen)
+		caseRelay[c.user()] = r
+		relays[c.user()] = r.addr()
+		secrets = append(secrets, newUser(t, c.user()), newUser(t, "by-"+c.user()))
+	}
+	g := faultGateway(t, relays, secrets)
+
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, c := range cases {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			t.Run(c.name(), func(t *testing.T) {
+				msgs := [][]byte{small[0].Raw, small[1].Raw, small[2].Raw}
+				if c.phase.name == "retr" || c.phase.name == "top" {
+					msgs[1] = big
+				}
+				ip := fmt.Sprintf("127.0.1.%d", i+1)
+				runFaultCase(t, g, c, ip, proxies[c.user()], caseRelay[c.user()], msgs, small[0].Raw)
+			})
+		}()
+	}
+	wg.Wait()
+}
+
+func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiproxy.Proxy, relay *phaseRelay, msgs [][]byte, byMsg []byte) {
+	user, pass := c.user(), dc.Password(c.user())
+	appendAll(t, user, msgs)
+	appendAll(t, "by-"+user, [][]byte{byMsg})
+
+	var by sync.WaitGroup
+	defer by.Wait()
+	install := func() {
+		if _, err := px.AddToxic("fault", c.toxic.name, "downstream", 1, c.attrs()); err != nil {
+			t.Errorf("adding toxic: %v", err)
+		}
+		by.Add(1)
+		go func() {
+			defer by.Done()
+			bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), "by-"+user, dc.Password("by-"+user), byMsg)
+		}()
+	}
+	arm := func() {
+		if c.phase.trigger == "" {
+			install()
+			close(relay.fired)
+			return
+		}
+		relay.arm(c.phase.trigger, c.phase.nth, install)
+	}
+	remove := func() {
+		select {
+		case <-relay.fired:
+		default:
+			t.Errorf("the phase's trigger %q (#%d) never went upstream", c.phase.trigger, c.phase.nth)
+			return
+		}
+		if err := px.RemoveToxic("fault"); err != nil {
+			t.Errorf("removing toxic: %v", err)
+		}
+	}
+
+	p := dialPOP3(t, ip, g.addr)
+	if l := p.cmd("USER %s", user); !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("USER: %s", l)
+	}
+	sees := ""
+	inLogin := len(c.phase.deletes) == 0
+	if inLogin {
+		arm()
+	}
+	l := p.cmd("PASS %s", pass)
+	if inLogin {
+		remove()
+	}
+	switch {
+	case strings.HasPrefix(l, "-ERR [SYS/TEMP]") && inLogin:
+		sees = seesErrPass
+		if l := p.cmd("QUIT"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT after a failed PASS: %s", l)
+		}
+	case !strings.HasPrefix(l, "+OK"):
+		t.Fatalf("PASS: %s", l)
+	case inLogin:
+		sees = seesOK
+		if l := p.cmd("RETR 1"); !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("RETR 1: %s", l)
+		}
+		if got, done := p.multi(); !done || !bytes.Equal(got, msgs[0]) {
+			t.Errorf("RETR 1: complete %v, %d octets, want %d", done, len(got), len(msgs[0]))
+		}
+		if l := p.cmd("DELE 3"); !strings.HasPrefix(l, "+OK") {
+			t.Fatalf("DELE 3: %s", l)
+		}
+		if l := p.cmd("QUIT"); !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %s", l)
+		}
+	default:
+		for _, n := range c.phase.deletes {
+			if l := p.cmd("DELE %d", n); !strings.HasPrefix(l, "+OK") {
+				t.Fatalf("DELE %d: %s", n, l)
+			}
+		}
+		sees = runFaultCommand(t, p, c, msgs[1], arm, remove)
+	}
+	if sees != c.sees {
+		t.Errorf("client saw %s, want %s", sees, c.sees)
+	}
+
+	// One "session end", with the right end.
+	var ends []map[string]any
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ends = sessionEnds(t, g.logPath, p.id)
+		if len(ends) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	ends = sessionEnds(t, g.logPath, p.id)
+	if len(ends) != 1 {
+		t.Errorf("%d session end lines for %s, want 1", len(ends), p.id)
+	} else if ends[0]["end"] != c.end() {
+		t.Errorf("session end: end=%v, want %s", ends[0]["end"], c.end())
+	}
+
+	// What Dovecot holds.
+	_, held := upstream(t, user)
+	want := c.upstream()
+	for i, m := range msgs {
+		state := upGone
+		for _, h := range held {
+			if bytes.Equal(h.Raw, m) {
+				state = upKept
+				if h.has(imap.FlagDeleted) {
+					state = upFlagged
+				}
+			}
+		}
+		if state != want[i] {
+			t.Errorf("message %d upstream: %s, want %s", i+1, state, want[i])
+		}
+	}
+}
+
+// runFaultCommand runs the phase's command (RETR 2, TOP 2 10 or QUIT) with
+// the toxic armed, and QUIT after it when the session goes on.
+func runFaultCommand(t *testing.T, p *pop3, c faultCase, msg2 []byte, arm, remove func()) string {
+	arm()
+	switch c.phase.name {
+	case "retr", "top":
+		want := msg2
+		cmd := "RETR 2"
+		if c.phase.name == "top" {
+			cmd, want = "TOP 2 10", topOf(msg2, 10)
+		}
+		l := p.cmd(cmd)
+		var sees string
+		switch {
+		case strings.HasPrefix(l, "-ERR [SYS/TEMP]"):
+			remove()
+			sees = seesErrCmd
+		case strings.HasPrefix(l, "+OK"):
+			got, done := p.multi()
+			remove()
+			if done {
+				if !bytes.Equal(got, want) {
+					t.Fatalf("%s: a short or wrong message ending with the dot: %d octets, want %d", cmd, len(got), len(want))
+				}
+				sees = seesOK
+			} else {
+				sees = seesCut
+				if !bytes.HasPrefix(want, got) {
+					t.Errorf("%s: the %d octets before the cut are not the message's beginning", cmd, len(got))
+				}
+				return sees
+			}
+		default:
+			t.Fatalf("%s: %s", cmd, l)
+		}
+		l = p.cmd("QUIT")
+		if sees == seesOK && !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %s", l)
+		}
+		if sees == seesErrCmd {
+			if !strings.HasPrefix(l, "-ERR [SYS/TEMP]") {
+				t.Errorf("QUIT after a failed %s: %s, want -ERR [SYS/TEMP]", cmd, l)
+			}
+			if !p.closed() {
+				t.Errorf("connection still open after a failed commit")
+			}
+		}
+		return sees
+	default: // quit, quit-expunge
+		l := p.cmd("QUIT")
+		remove()
+		switch {
+		case strings.HasPrefix(l, "+OK"):
+			return seesOK
+		case strings.HasPrefix(l, "-ERR [SYS/TEMP]"):
+			if !p.closed() {
+				t.Errorf("connection still open after a failed commit")
+			}
+			return seesErrCmd
+		}
+		t.Fatalf("QUIT: %s", l)
+		return ""
+	}
+}

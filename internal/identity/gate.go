@@ -245,3 +245,9 @@ func (m *mailbox) LoginDelay() time.Duration { return m.delay }
 
 // Unwrap returns the upstream Mailbox.
 func (m *mailbox) Unwrap() backends.Mailbox { return m.Mailbox }
+
+// Close implements backends.Backend. The Gate owns nothing: the upstream's
+// backends are closed by whoever built them.
+func (g *Gate) Close() error { return nil }
+
+var _ backends.Backend = (*Gate)(nil)

@@ -19,7 +19,10 @@ func withStdin(t *testing.T, s string, f func()) {
 }
 
 func TestHashPassword(t *testing.T) {
-	for _, in := range []string{"sc@nner pass\n", "sc@nner pass\r\n", "sc@nner pass", "sc@nner pass\nsecond line\n"} {
+	// One argon2id run is enough on a shared machine; TestReadPasswordLine
+	// covers the line ends.
+	{
+		in := "sc@nner pass\r\n"
 		var out, errb bytes.Buffer
 		var code int
 		withStdin(t, in, func() { code = run([]string{"hash-password"}, &out, &errb) })
@@ -37,7 +40,6 @@ func TestHashPassword(t *testing.T) {
 		if strings.Contains(errb.String(), "sc@nner") {
 			t.Errorf("stderr shows the password: %q", errb.String())
 		}
-		break // one argon2id run is enough per case on a shared machine
 	}
 	for _, in := range []string{"", "\n", "\r\n", strings.Repeat("x", 5000) + "\n"} {
 		var out, errb bytes.Buffer

@@ -6,17 +6,15 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/popgate/popgate/backends/demo"
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 // startDemo runs `popgate demo` on free loopback ports until the end of t
@@ -27,55 +25,10 @@ func startDemo(t *testing.T) (pop3, pop3s, imapAddr string) {
 		t.Skip("popgate demo has no Dovecot reference")
 	}
 	pop3, pop3s, imapAddr = "127.0.0.1:"+freePort(t), "127.0.0.1:"+freePort(t), "127.0.0.1:"+freePort(t)
-	logPath := filepath.Join(t.TempDir(), "demo.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(popgateBin, "demo", "-pop3", pop3, "-pop3s", pop3s, "-imap", imapAddr, "-log-format", "json", "-log-level", "debug")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("popgate demo did not exit within 15s of SIGTERM")
-		}
-		if t.Failed() {
-			log, _ := os.ReadFile(logPath)
-			t.Logf("popgate demo output:\n%s", log)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", pop3, time.Second)
-		if err == nil {
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			line, rerr := bufio.NewReader(c).ReadString('\n')
-			c.Close()
-			if rerr == nil && strings.HasPrefix(line, "+OK") {
-				return pop3, pop3s, imapAddr
-			}
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(logPath)
-			t.Fatalf("popgate demo exited at start:\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("popgate demo did not greet on %s within 30s", pop3)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	p := testutil.StartProc(t, testutil.ProcOptions{Graceful: true}, popgateBin,
+		"demo", "-pop3", pop3, "-pop3s", pop3s, "-imap", imapAddr, "-log-format", "json", "-log-level", "debug")
+	p.WaitGreeting(t, pop3)
+	return pop3, pop3s, imapAddr
 }
 
 // `popgate demo` with real clients over TLS: curl with STLS (--ssl-reqd) and

@@ -12,7 +12,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -25,7 +24,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -56,12 +54,8 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	if !*reference {
-		popgateBin = filepath.Join(tmp, "popgate")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", popgateBin, "github.com/popgate/popgate/cmd/popgate").CombinedOutput()
-		cancel()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: go build ./cmd/popgate: %v\n%s", err, out)
+		if popgateBin, err = testutil.BuildPopgate(tmp); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			return 1
 		}
 	}
@@ -178,65 +172,18 @@ func runGateway(t *testing.T, g *gateway, dir, conf string) *gateway {
 	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(g.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(popgateBin, "serve", "--config", confPath)
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatal(err)
-	}
-	logf.Close()
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Error("popgate did not exit within 15s of SIGTERM")
-		}
+		// Registered first, so it runs after the process has stopped.
 		log, _ := os.ReadFile(g.logPath)
 		for _, s := range g.secrets {
 			if s != "" && bytes.Contains(log, []byte(s)) {
 				t.Errorf("popgate's log contains a password")
 			}
 		}
-		if t.Failed() {
-			t.Logf("popgate log:\n%s", log)
-		}
 	})
-
-	// Ready when the listener greets.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", g.addr, time.Second)
-		if err == nil {
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			line, rerr := bufio.NewReader(c).ReadString('\n')
-			c.Write([]byte("QUIT\r\n"))
-			c.Close()
-			if rerr == nil && strings.HasPrefix(line, "+OK") {
-				return g
-			}
-		}
-		select {
-		case <-exited:
-			log, _ := os.ReadFile(g.logPath)
-			t.Fatalf("popgate serve exited at start:\n%s", log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(g.logPath)
-			t.Fatalf("popgate did not greet on %s within 30s:\n%s", g.addr, log)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	p := testutil.StartProc(t, testutil.ProcOptions{LogFile: g.logPath, Graceful: true}, popgateBin, "serve", "--config", confPath)
+	p.WaitGreeting(t, g.addr)
+	return g
 }
 
 // freePort returns a loopback port no other caller in this test binary got.

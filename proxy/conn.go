@@ -1,10 +1,17 @@
 package proxy
 
+// Connection plumbing: the line reader with its limits, the buffered writer
+// over a deadline-setting counting writer, buffer pools, and the TLS
+// upgrade. Nothing here knows a POP3 command; session.go drives it.
+
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -18,6 +25,180 @@ const (
 	readBufSize  = 4096
 	writeBufSize = 16 * 1024
 )
+
+// Connection buffers are recycled: a connection's goroutine is their only
+// user while it holds them.
+var (
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufSize) }}
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, writeBufSize) }}
+)
+
+// clientConn is one client connection: the accepted socket, TLS over it
+// once negotiated, a pooled line reader and a pooled buffered writer. An
+// idle connection gives both buffers back to their pools where it can.
+type clientConn struct {
+	raw net.Conn // the accepted connection
+	nc  net.Conn // raw, or the *tls.Conn over it
+	tls bool     // nc is TLS
+
+	lr  lineReader
+	out deadlineWriter // under w: deadlines, octet count, first write error
+	w   *bufio.Writer  // nil while idle (back in the pool)
+}
+
+func (c *clientConn) init(nc net.Conn, writeTimeout time.Duration) {
+	c.raw, c.nc = nc, nc
+	c.out = deadlineWriter{c: nc, timeout: writeTimeout}
+	c.lr.r = readerPool.Get().(*bufio.Reader)
+	c.lr.r.Reset(nc)
+	c.acquireWriter()
+}
+
+// acquireWriter takes a write buffer from the pool for the next answers.
+func (c *clientConn) acquireWriter() {
+	if c.w == nil {
+		c.w = writerPool.Get().(*bufio.Writer)
+		c.w.Reset(&c.out)
+	}
+}
+
+// releaseWriter gives the (flushed) write buffer back to the pool while the
+// connection waits for the client, so that an idle session does not hold one.
+func (c *clientConn) releaseWriter() {
+	if c.w != nil && c.w.Buffered() == 0 {
+		c.w.Reset(nil)
+		writerPool.Put(c.w)
+		c.w = nil
+	}
+}
+
+// flush sends what is buffered.
+func (c *clientConn) flush() error { return c.w.Flush() }
+
+// flushIdle sends what is buffered and gives the write buffer back: the
+// connection now waits for the client.
+func (c *clientConn) flushIdle() error {
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	c.releaseWriter()
+	return nil
+}
+
+// flushUnlessPipelined flushes unless a whole command line already waits in
+// the read buffer (RFC 2449 §6.6: answers to a pipelined batch go out
+// together, but never wait on the network).
+func (c *clientConn) flushUnlessPipelined() error {
+	if completeLineBuffered(c.lr.r) {
+		return nil
+	}
+	return c.flushIdle()
+}
+
+// waitIdle waits for the next line without holding a read buffer when none
+// is pending in it (plaintext connections on Linux).
+func (c *clientConn) waitIdle() error {
+	if c.tls || c.lr.r.Buffered() > 0 {
+		return nil
+	}
+	c.lr.r.Reset(nil)
+	readerPool.Put(c.lr.r)
+	_, err := waitReadable(c.nc)
+	c.lr.r = readerPool.Get().(*bufio.Reader)
+	c.lr.r.Reset(c.nc)
+	return err
+}
+
+// readCommand waits up to timeout for the next command line (at most
+// maxCommandLine octets, or maxSASLLine for a line isLong accepts) and
+// takes a write buffer for the answer. The line is valid until the next
+// read.
+func (c *clientConn) readCommand(timeout time.Duration, isLong func([]byte) bool) ([]byte, error) {
+	if err := c.nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	if err := c.waitIdle(); err != nil {
+		return nil, err
+	}
+	line, err := c.lr.readLine(maxCommandLine, isLong)
+	c.acquireWriter()
+	return line, err
+}
+
+// readContinuation reads one SASL continuation line of up to maxSASLLine
+// octets within timeout (RFC 5034 §4).
+func (c *clientConn) readContinuation(timeout time.Duration) ([]byte, error) {
+	if err := c.nc.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	return c.lr.readLine(maxSASLLine, nil)
+}
+
+// pendingInput reports whether octets the client sent wait in the read
+// buffer.
+func (c *clientConn) pendingInput() bool { return c.lr.r.Buffered() > 0 }
+
+// prompt writes one line and flushes it: a server challenge the client
+// must answer before the command goes on (RFC 5034 §4).
+func (c *clientConn) prompt(line string) error {
+	c.w.WriteString(line)
+	c.w.WriteString("\r\n")
+	return c.w.Flush()
+}
+
+// writeFailed is the first error writing to the client, if any: the
+// connection is unusable after it.
+func (c *clientConn) writeFailed() error { return c.out.err }
+
+// sent is the number of octets written to the client.
+func (c *clientConn) sent() int64 { return c.out.n }
+
+// startTLS runs the server side of TLS on the raw connection within
+// timeout (or until ctx ends). Nothing read before is used after it (RFC
+// 2595 §4): the reader is reset onto the TLS connection. hello is what the
+// client offered, nil if no ClientHello arrived.
+func (c *clientConn) startTLS(ctx context.Context, base *tls.Config, timeout time.Duration) (hello *tls.ClientHelloInfo, err error) {
+	cfg := base.Clone()
+	next := base.GetConfigForClient
+	cfg.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		hello = h
+		if next != nil {
+			return next(h)
+		}
+		return nil, nil
+	}
+	tc := tls.Server(c.raw, cfg)
+	_ = c.raw.SetDeadline(time.Now().Add(timeout))
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	err = tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		return hello, err
+	}
+	_ = c.raw.SetDeadline(time.Time{})
+	c.nc = tc
+	c.tls = true
+	c.lr.r.Reset(tc)
+	c.out.c = tc
+	return hello, nil
+}
+
+// close closes the connection and gives the buffers back to their pools;
+// what is still buffered is flushed first when flush is true.
+func (c *clientConn) close(flush bool) {
+	if c.w != nil && flush && c.out.err == nil {
+		_ = c.w.Flush()
+	}
+	c.nc.Close()
+	c.raw.Close()
+	c.lr.r.Reset(nil)
+	readerPool.Put(c.lr.r)
+	if c.w != nil {
+		c.w.Reset(nil)
+		writerPool.Put(c.w)
+	}
+	c.lr.r, c.w = nil, nil
+}
 
 // errLineTooLong reports a line over the limit; the whole line, up to and
 // including its LF, has been consumed.
@@ -85,8 +266,7 @@ func (lr *lineReader) wipe() {
 }
 
 // completeLineBuffered reports whether a whole line waits in the read
-// buffer. The writer is flushed when it does not (RFC 2449 §6.6: answers to
-// a pipelined batch go out together, but never wait on the network).
+// buffer.
 func completeLineBuffered(r *bufio.Reader) bool {
 	n := r.Buffered()
 	if n == 0 {

@@ -20,6 +20,15 @@
 // connection, so a client never sees a truncated message with a valid
 // terminator. TOP is cut by the proxy even if the backend sends more.
 //
+// # Layout
+//
+// server.go accepts connections; conn.go is the connection plumbing (line
+// reader, buffered deadline writer, TLS upgrade); session.go is a
+// connection's life and the dispatch loop; commands.go holds the command
+// table, the CAPA table and the handlers; login.go and sasl.go log in (the
+// SASL mechanism table is in sasl.go); reply.go turns a handler's outcome
+// into the answer. docs/architecture.md walks through a command.
+//
 // # Limits
 //
 // Command lines are at most 255 octets (RFC 2449 §4); longer ones are

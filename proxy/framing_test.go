@@ -38,11 +38,10 @@ func wireBody(raw string) string {
 
 // readWire reads a multi-line body up to and including its terminator,
 // exactly as sent.
-func (c *client) readWire() string {
-	c.t.Helper()
+func readWire(c *client) string {
 	var b strings.Builder
 	for {
-		l := c.line()
+		l := c.Line()
 		b.WriteString(l + "\r\n")
 		if l == "." {
 			return b.String()
@@ -86,13 +85,13 @@ func TestRETRFraming(t *testing.T) {
 				if tc.name == "many dots across buffers" && chunked {
 					continue // 60k slow reads: covered unchunked
 				}
-				c.send(fmt.Sprintf("RETR %d", i+1))
-				c.expect(fmt.Sprintf("+OK %d octets", len(tc.raw)))
-				if got, want := c.readWire(), wireBody(tc.raw); got != want {
+				c.Send(fmt.Sprintf("RETR %d", i+1))
+				c.Expect(fmt.Sprintf("+OK %d octets", len(tc.raw)))
+				if got, want := readWire(c), wireBody(tc.raw); got != want {
 					t.Errorf("%s: wire\n%q\nwant\n%q", tc.name, trunc(got), trunc(want))
 				}
 			}
-			c.script(`
+			c.Script(`
 				C: QUIT
 				S: +OK bye
 			`)
@@ -141,9 +140,9 @@ func TestTOP(t *testing.T) {
 			e.be.SetFaults(memory.Faults{WholeOnTop: whole, SlowRead: time.Nanosecond, SlowChunk: 3})
 			c := e.login("alice", "secret pw")
 			for _, tc := range cases {
-				c.send(fmt.Sprintf("TOP %d %d", tc.msg, tc.k))
-				c.expect("+OK top of message follows")
-				if got := c.readWire(); got != tc.want+".\r\n" {
+				c.Send(fmt.Sprintf("TOP %d %d", tc.msg, tc.k))
+				c.Expect("+OK top of message follows")
+				if got := readWire(c); got != tc.want+".\r\n" {
 					t.Errorf("TOP %d %d = %q, want %q", tc.msg, tc.k, got, tc.want+".\r\n")
 				}
 			}

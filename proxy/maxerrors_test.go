@@ -22,19 +22,19 @@ func TestMaxErrorsIgnoresAnswersAboutMessageNumbers(t *testing.T) {
 		uidls = append(uidls, e.be.Append("alice", []byte(fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i))))
 	}
 	c := e.login("alice", "secret pw")
-	c.cmdPrefix("DELE 2", "+OK")
-	c.cmdPrefix("DELE 4", "+OK")
+	c.CmdPrefix("DELE 2", "+OK")
+	c.CmdPrefix("DELE 4", "+OK")
 	n := 0
 	for _, m := range []string{"2", "4"} {
 		for _, cmd := range []string{"LIST " + m, "UIDL " + m, "RETR " + m, "TOP " + m + " 0", "DELE " + m} {
-			c.send(cmd)
-			c.expect("-ERR message " + m + " already deleted")
+			c.Send(cmd)
+			c.Expect("-ERR message " + m + " already deleted")
 			n++
 		}
 	}
 	for _, cmd := range []string{"LIST 0", "RETR 0", "UIDL 6", "DELE 99"} {
-		c.send(cmd)
-		c.expect("-ERR no such message, only 5 messages in maildrop")
+		c.Send(cmd)
+		c.Expect("-ERR no such message, only 5 messages in maildrop")
 		n++
 	}
 	// TOP n 0 pipelined over 6..30, in one write.
@@ -42,15 +42,15 @@ func TestMaxErrorsIgnoresAnswersAboutMessageNumbers(t *testing.T) {
 	for i := 6; i <= 30; i++ {
 		fmt.Fprintf(&b, "TOP %d 0\r\n", i)
 	}
-	c.sendRaw(b.String())
+	c.SendRaw(b.String())
 	for i := 6; i <= 30; i++ {
-		c.expect("-ERR no such message, only 5 messages in maildrop")
+		c.Expect("-ERR no such message, only 5 messages in maildrop")
 		n++
 	}
 	if n <= DefaultMaxErrors {
 		t.Fatalf("test sends only %d -ERR answers in a row", n)
 	}
-	c.script(`
+	c.Script(`
 		C: QUIT
 		S: +OK bye, 2 messages deleted
 		S: <closed>
@@ -67,7 +67,7 @@ func TestMaxErrorsIgnoresUpstreamAndAuthFailures(t *testing.T) {
 	e.be.Append("alice", []byte("Subject: 1\r\n\r\nbody\r\n"))
 	c := e.dialReady()
 	for i := 0; i < 5; i++ {
-		c.script(`
+		c.Script(`
 			C: USER alice
 			S: +OK send PASS
 			C: PASS wrong
@@ -76,7 +76,7 @@ func TestMaxErrorsIgnoresUpstreamAndAuthFailures(t *testing.T) {
 			S: -ERR [AUTH] authentication failed
 		`)
 	}
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
@@ -84,10 +84,10 @@ func TestMaxErrorsIgnoresUpstreamAndAuthFailures(t *testing.T) {
 	`)
 	e.be.SetFaults(memory.Faults{Open: backends.ErrUnavailable})
 	for i := 0; i < 5; i++ {
-		c.cmdPrefix("RETR 1", "-ERR [SYS/TEMP]")
-		c.cmdPrefix("TOP 1 0", "-ERR [SYS/TEMP]")
+		c.CmdPrefix("RETR 1", "-ERR [SYS/TEMP]")
+		c.CmdPrefix("TOP 1 0", "-ERR [SYS/TEMP]")
 	}
-	c.script(`
+	c.Script(`
 		C: QUIT
 		S: +OK bye
 		S: <closed>
@@ -113,18 +113,18 @@ func TestMaxErrorsDefaultCountsProtocolFaults(t *testing.T) {
 	}
 	for i := 0; i < DefaultMaxErrors-1; i++ {
 		f := faults[i%len(faults)]
-		c.send(f.cmd)
-		c.expect(f.answer)
+		c.Send(f.cmd)
+		c.Expect(f.answer)
 	}
-	c.cmdPrefix("NOOP", "+OK")
+	c.CmdPrefix("NOOP", "+OK")
 	for i := 0; i < DefaultMaxErrors-1; i++ {
 		f := faults[i%len(faults)]
-		c.send(f.cmd)
-		c.expect(f.answer)
+		c.Send(f.cmd)
+		c.Expect(f.answer)
 	}
-	c.send("XYZZY")
-	c.expect("-ERR unknown command")
-	c.expectClosed()
+	c.Send("XYZZY")
+	c.Expect("-ERR unknown command")
+	c.ExpectClosed()
 	if got := e.be.UIDLs("alice"); len(got) != 1 {
 		t.Fatalf("store holds %d messages, want 1", len(got))
 	}

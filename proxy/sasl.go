@@ -1,156 +1,184 @@
 package proxy
 
+// AUTH (RFC 5034) and the SASL mechanisms. saslMechanisms is the only list
+// of them: CAPA's SASL line, AUTH without an argument and AUTH's dispatch
+// all read it. A new mechanism (XOAUTH2, OAUTHBEARER) is a row here and a
+// function that turns its exchange into backends.Credentials; login does
+// the rest.
+
 import (
 	"bytes"
 	"encoding/base64"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/popgate/popgate/backends"
 )
 
-// saslMechanisms are the SASL mechanisms offered where plaintext login is
-// allowed. APOP and CRAM-MD5 would need the clear password upstream; they
-// are not offered.
-var saslMechanisms = []string{"PLAIN", "LOGIN"}
+// saslMechanism is one SASL mechanism.
+type saslMechanism struct {
+	name string // as in AUTH and CAPA, upper case
+	// password: the client sends a password; the mechanism is offered only
+	// where plaintextOK allows it.
+	password bool
+	// exchange runs the mechanism after "AUTH name [initial-response]"
+	// (initial is nil without one) and returns the credentials to check.
+	// Errors: errSASLAuth (a malformed or unauthorised identity: a failed
+	// login), errSASLCancelled, other SASL errors (protocol faults), or a
+	// *sessionEnd when the connection failed.
+	exchange func(ss *session, initial *string) (backends.Credentials, error)
+}
 
-// errSASLCancelled and errSASLSyntax end an exchange with -ERR (RFC 5034 §4).
+// saslMechanisms are the mechanisms offered, in CAPA order. APOP and
+// CRAM-MD5 would need the clear password upstream; they are not offered.
+var saslMechanisms = [...]saslMechanism{
+	{name: "PLAIN", password: true, exchange: (*session).saslPLAIN}, // RFC 4616
+	{name: "LOGIN", password: true, exchange: (*session).saslLOGIN}, // draft-murchison-sasl-login
+}
+
+// mechanismsOffered returns the mechanisms that may be used now.
+func (ss *session) mechanismsOffered() []string {
+	var out []string
+	for i := range saslMechanisms {
+		if m := &saslMechanisms[i]; !m.password || ss.plaintextOK() {
+			out = append(out, m.name)
+		}
+	}
+	return out
+}
+
+// offerSASL: the SASL capability lists the mechanisms offered now (RFC
+// 5034 §6), before login only.
+func (ss *session) offerSASL() (string, bool) {
+	if ss.state != stateAuthorization {
+		return "", false
+	}
+	m := ss.mechanismsOffered()
+	return strings.Join(m, " "), len(m) > 0
+}
+
 var (
 	errSASLCancelled = errors.New("authentication cancelled")
 	errSASLBase64    = errors.New("invalid base64 in SASL response")
 	errSASLTooLong   = errors.New("SASL response too long")
+	errSASLAuth      = errors.New("malformed or unauthorised SASL identity")
 )
 
-// cmdAUTH runs a SASL exchange (RFC 5034). Without an argument it lists the
-// mechanisms, as older clients expect (RFC 5034 §4 note, RFC 1734).
-func (ss *session) cmdAUTH(rest []byte) act {
-	args := fields(rest)
-	if len(args) == 0 {
-		ss.ok("SASL mechanisms follow")
-		if ss.plaintextOK() {
-			for _, m := range saslMechanisms {
-				ss.w.WriteString(m + "\r\n")
+// cmdAUTH runs a SASL exchange (RFC 5034 §4). Without an argument it lists
+// the mechanisms, as older clients expect (RFC 5034 §4 note, RFC 1734).
+func (ss *session) cmdAUTH(a args) (reply, error) {
+	f := fields(a.text)
+	if len(f) == 0 {
+		return reply{text: "SASL mechanisms follow", then: func() error {
+			for _, m := range ss.mechanismsOffered() {
+				ss.conn.w.WriteString(m + "\r\n")
 			}
+			ss.conn.w.WriteString(".\r\n")
+			return nil
+		}}, nil
+	}
+	if len(f) > 2 {
+		return reply{}, fault("AUTH takes a mechanism and an optional initial response")
+	}
+	var mech *saslMechanism
+	for i := range saslMechanisms {
+		if strings.EqualFold(f[0], saslMechanisms[i].name) {
+			mech = &saslMechanisms[i]
 		}
-		ss.w.WriteString(".\r\n")
-		return actContinue
 	}
-	if len(args) > 2 {
-		return ss.fail(backends.CodeNone, "AUTH takes a mechanism and an optional initial response")
+	if mech == nil {
+		return reply{}, fault("unsupported SASL mechanism")
 	}
-	mech := strings.ToUpper(args[0])
-	if mech != "PLAIN" && mech != "LOGIN" {
-		return ss.fail(backends.CodeNone, "unsupported SASL mechanism")
-	}
-	if !ss.plaintextOK() {
-		return ss.plaintextRefusal()
+	if mech.password && !ss.plaintextOK() {
+		return reply{}, ss.plaintextRefusal()
 	}
 	var initial *string
-	if len(args) == 2 {
-		initial = &args[1]
+	if len(f) == 2 {
+		initial = &f[1]
 	}
-	var c backends.Credentials
-	var err error
-	var closed bool
-	if mech == "PLAIN" {
-		c, closed, err = ss.saslPLAIN(initial)
-	} else {
-		c, closed, err = ss.saslLOGIN(initial)
+	c, err := mech.exchange(ss, initial)
+	switch {
+	case err == nil:
+		return ss.login(c)
+	case errors.Is(err, errSASLAuth):
+		return reply{}, ss.authFailed(c.Username, mech.name, err, "")
+	case errors.Is(err, errSASLCancelled):
+		return reply{}, refusal(backends.CodeNone, err.Error()) // RFC 5034 §4: the client's right
 	}
-	if closed {
-		return actClose
+	if se, ok := err.(*sessionEnd); ok {
+		return reply{}, se
 	}
-	if err != nil {
-		if errors.Is(err, errSASLAuth) {
-			return ss.authFailed(c.Username, mech, err, "")
-		}
-		if errors.Is(err, errSASLCancelled) {
-			return ss.refuse(backends.CodeNone, err.Error()) // RFC 5034 §4: a client's right
-		}
-		return ss.fail(backends.CodeNone, err.Error())
-	}
-	return ss.login(c)
+	return reply{}, fault(err.Error())
 }
 
-var errSASLAuth = errors.New("malformed or unauthorised SASL identity")
-
 // saslPLAIN decodes "authzid NUL authcid NUL passwd" (RFC 4616 §2).
-func (ss *session) saslPLAIN(initial *string) (backends.Credentials, bool, error) {
-	resp, closed, err := ss.saslStep("", initial)
-	if closed || err != nil {
-		return backends.Credentials{}, closed, err
+func (ss *session) saslPLAIN(initial *string) (backends.Credentials, error) {
+	resp, err := ss.saslStep("", initial)
+	if err != nil {
+		return backends.Credentials{}, err
 	}
 	parts := bytes.Split(resp, []byte{0})
 	if len(parts) != 3 {
-		return backends.Credentials{}, false, errSASLAuth
+		return backends.Credentials{}, errSASLAuth
 	}
 	authz, authc, pass := string(parts[0]), string(parts[1]), string(parts[2])
 	c := backends.Credentials{Username: authc, Mechanism: "PLAIN"}
 	// Acting as another user (proxy authorisation) is not supported.
 	if authc == "" || (authz != "" && authz != authc) {
-		return c, false, errSASLAuth
+		return c, errSASLAuth
 	}
 	c.Password = pass
-	return c, false, nil
+	return c, nil
 }
 
 // saslLOGIN runs the LOGIN mechanism (draft-murchison-sasl-login): the
 // initial response, if any, is the user name.
-func (ss *session) saslLOGIN(initial *string) (backends.Credentials, bool, error) {
-	user, closed, err := ss.saslStep("Username:", initial)
-	if closed || err != nil {
-		return backends.Credentials{}, closed, err
+func (ss *session) saslLOGIN(initial *string) (backends.Credentials, error) {
+	user, err := ss.saslStep("Username:", initial)
+	if err != nil {
+		return backends.Credentials{}, err
 	}
 	c := backends.Credentials{Username: string(user), Mechanism: "LOGIN"}
-	pass, closed, err := ss.saslStep("Password:", nil)
-	if closed || err != nil {
-		return c, closed, err
+	pass, err := ss.saslStep("Password:", nil)
+	if err != nil {
+		return c, err
 	}
 	if c.Username == "" {
-		return c, false, errSASLAuth
+		return c, errSASLAuth
 	}
 	c.Password = string(pass)
-	return c, false, nil
+	return c, nil
 }
 
 // saslStep returns the decoded client response: the initial response if
 // given ("=" is empty, RFC 5034 §4), else the answer to a "+ challenge"
-// continuation line of up to maxSASLLine octets. closed reports that the
-// connection is gone (the end reason is set).
-func (ss *session) saslStep(challenge string, initial *string) ([]byte, bool, error) {
+// continuation line of up to maxSASLLine octets, read within LoginTimeout.
+func (ss *session) saslStep(challenge string, initial *string) ([]byte, error) {
 	var line []byte
 	if initial != nil {
 		line = []byte(*initial)
 	} else {
-		ss.w.WriteString("+ " + base64.StdEncoding.EncodeToString([]byte(challenge)) + "\r\n")
-		if err := ss.w.Flush(); err != nil {
-			ss.end = ss.endFor(err)
-			return nil, true, err
+		if err := ss.conn.prompt("+ " + base64.StdEncoding.EncodeToString([]byte(challenge))); err != nil {
+			return nil, ss.gone(err)
 		}
-		if err := ss.nc.SetReadDeadline(time.Now().Add(ss.o.LoginTimeout)); err != nil {
-			ss.end = ss.endFor(err)
-			return nil, true, err
-		}
-		l, err := ss.lr.readLine(maxSASLLine, nil)
+		l, err := ss.conn.readContinuation(ss.o.LoginTimeout)
 		switch {
 		case errors.Is(err, errLineTooLong):
-			return nil, false, errSASLTooLong
+			return nil, errSASLTooLong
 		case err != nil:
-			ss.end = ss.endFor(err)
-			return nil, true, err
+			return nil, ss.gone(err)
 		}
 		line = l
 		if string(line) == "*" { // RFC 5034 §4: the client cancels
-			return nil, false, errSASLCancelled
+			return nil, errSASLCancelled
 		}
 	}
 	if string(line) == "=" {
-		return nil, false, nil
+		return nil, nil
 	}
 	out, err := base64.StdEncoding.DecodeString(string(line))
 	if err != nil {
-		return nil, false, errSASLBase64
+		return nil, errSASLBase64
 	}
-	return out, false, nil
+	return out, nil
 }

@@ -8,7 +8,7 @@ import (
 func TestSASLPlainInitialResponse(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH PLAIN ` + b64("\x00alice\x00secret pw") + `
 		S: +OK maildrop has 0 messages (0 octets)
 		C: QUIT
@@ -19,7 +19,7 @@ func TestSASLPlainInitialResponse(t *testing.T) {
 func TestSASLPlainContinuation(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: auth plain
 		S: + 
 		C: ` + b64("alice\x00alice\x00secret pw") + `
@@ -30,7 +30,7 @@ func TestSASLPlainContinuation(t *testing.T) {
 func TestSASLLogin(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH LOGIN
 		S: + VXNlcm5hbWU6
 		C: ` + b64("bob") + `
@@ -40,7 +40,7 @@ func TestSASLLogin(t *testing.T) {
 	`)
 	// LOGIN with the user name as initial response.
 	c2 := e.dialReady()
-	c2.script(`
+	c2.Script(`
 		C: AUTH LOGIN ` + b64("alice") + `
 		S: + UGFzc3dvcmQ6
 		C: ` + b64("secret pw") + `
@@ -51,7 +51,7 @@ func TestSASLLogin(t *testing.T) {
 func TestSASLErrors(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.MaxAuthFailures = 10; o.MaxErrors = 100 }})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH PLAIN
 		S: + 
 		C: *
@@ -88,7 +88,7 @@ func TestSASLLongResponses(t *testing.T) {
 		t.Fatalf("response only %d octets", len(resp))
 	}
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH PLAIN
 		S: + 
 		C: ` + resp + `
@@ -97,13 +97,13 @@ func TestSASLLongResponses(t *testing.T) {
 		S: +OK bye
 	`)
 	c2 := e.dialReady()
-	c2.script(`
+	c2.Script(`
 		C: AUTH PLAIN ` + resp + `
 		S: +OK*
 	`)
 	// Beyond the SASL limit: -ERR, the session goes on.
 	c3 := e.dialReady()
-	c3.script(`
+	c3.Script(`
 		C: AUTH PLAIN
 		S: + 
 		C: ` + strings.Repeat("A", maxSASLLine+10) + `

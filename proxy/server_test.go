@@ -44,13 +44,13 @@ func TestPipelining(t *testing.T) {
 			want = append(want, "-ERR unknown command")
 		}
 	}
-	c.sendRaw(batch.String())
+	c.SendRaw(batch.String())
 	for i, w := range want {
-		if got := c.line(); got != w {
+		if got := c.Line(); got != w {
 			t.Fatalf("answer line %d = %q, want %q", i, got, w)
 		}
 	}
-	c.script(`
+	c.Script(`
 		C: QUIT
 		S: +OK bye
 	`)
@@ -61,16 +61,16 @@ func TestConnectionLimits(t *testing.T) {
 	c1 := e.dialReady()
 	e.dialReady()
 	c3 := e.dial()
-	c3.expect("-ERR [SYS/TEMP] too many connections")
-	c3.expectClosed()
-	c1.script(`
+	c3.Expect("-ERR [SYS/TEMP] too many connections")
+	c3.ExpectClosed()
+	c1.Script(`
 		C: QUIT
 		S: +OK bye
 	`)
 	// The slot is free again once the first session has ended.
 	eventually(t, "free slot", func() bool {
 		c := e.dial()
-		return strings.HasPrefix(c.line(), "+OK")
+		return strings.HasPrefix(c.Line(), "+OK")
 	})
 }
 
@@ -78,8 +78,8 @@ func TestConnectionLimitPerIP(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.MaxConnsPerIP = 1 }})
 	e.dialReady()
 	c2 := e.dial()
-	c2.expect("-ERR [SYS/TEMP] too many connections")
-	c2.expectClosed()
+	c2.Expect("-ERR [SYS/TEMP] too many connections")
+	c2.ExpectClosed()
 }
 
 // DESIGN invariant 8: no password or AUTH payload in any log line, even at
@@ -99,7 +99,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}
 	// USER/PASS, good and bad.
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS wrong-pass-1
@@ -113,7 +113,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	`)
 	// AUTH PLAIN with an initial response, and a bad one.
 	c = e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH PLAIN ` + payloads[2] + `
 		S: -ERR [AUTH]*
 		C: AUTH PLAIN ` + payloads[0] + `
@@ -123,7 +123,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	`)
 	// AUTH PLAIN by continuation.
 	c = e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH PLAIN
 		S: + 
 		C: ` + payloads[1] + `
@@ -133,7 +133,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	`)
 	// AUTH LOGIN.
 	c = e.dialReady()
-	c.script(`
+	c.Script(`
 		C: AUTH LOGIN ` + b64("carol") + `
 		S: + *
 		C: ` + payloads[3] + `
@@ -160,7 +160,7 @@ func TestLogoutLine(t *testing.T) {
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	e.be.Append("alice", []byte("S: 2\r\n\r\ny\r\n"))
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: RETR 1
 		S: +OK*
 		S: S: 1
@@ -199,9 +199,9 @@ func TestUpdateKeepsOpenSessions(t *testing.T) {
 	o.Implementation = "popgate-reloaded"
 	e.srv.Update(o)
 	capa := func(c *client) []string {
-		c.send("CAPA")
-		c.expectPrefix("+OK")
-		return c.multi()
+		c.Send("CAPA")
+		c.ExpectPrefix("+OK")
+		return c.Multi()
 	}
 	if l := capa(old); !contains(l, "IMPLEMENTATION popgate") {
 		t.Fatalf("open session changed options: %q", l)
@@ -232,7 +232,7 @@ func TestShutdown(t *testing.T) {
 	// One session in TRANSACTION with a deletion marked, one before login,
 	// one that says QUIT during the grace period.
 	c1 := e.login("alice", "secret pw")
-	c1.script(`
+	c1.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 	`)
@@ -255,7 +255,7 @@ func TestShutdown(t *testing.T) {
 		c.Close()
 		return false
 	})
-	c3.script(`
+	c3.Script(`
 		C: QUIT
 		S: +OK bye
 	`)
@@ -266,7 +266,7 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("Serve = %v", err)
 	}
 	e.served <- ErrServerClosed // for the cleanup
-	c1.expectClosed()
+	c1.ExpectClosed()
 	if n := len(e.be.Commits()); n != 0 || len(e.be.UIDLs("alice")) != 1 {
 		t.Fatalf("shutdown committed (%d commits)", n)
 	}
@@ -286,14 +286,14 @@ func TestShutdown(t *testing.T) {
 	}
 	// Close client sockets, then count goroutines.
 	for _, c := range []*client{c1, c3} {
-		c.c.Close()
+		c.Conn().Close()
 	}
 	goroutinesBackTo(t, before)
 }
 
 func TestShutdownWaitsForQuickSessions(t *testing.T) {
 	e := newEnv(t, envConfig{})
-	e.login("alice", "secret pw").script(`
+	e.login("alice", "secret pw").Script(`
 		C: QUIT
 		S: +OK bye
 	`)
@@ -311,7 +311,7 @@ func TestShutdownDuringRETR(t *testing.T) {
 	e.be.Append("alice", benchMessage(1<<20))
 	e.be.SetFaults(memory.Faults{SlowRead: 20 * time.Millisecond, SlowChunk: 1024})
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 		C: RSET

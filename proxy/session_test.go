@@ -10,10 +10,10 @@ import (
 func TestGreetingAndQuitInAuthorization(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	c := e.dial()
-	c.expect("+OK POP3 server ready")
-	c.send("quit") // keywords are case-insensitive (RFC 1939 §3)
-	c.expect("+OK bye")
-	c.expectClosed()
+	c.Expect("+OK POP3 server ready")
+	c.Send("quit") // keywords are case-insensitive (RFC 1939 §3)
+	c.Expect("+OK bye")
+	c.ExpectClosed()
 }
 
 func TestBasicSession(t *testing.T) {
@@ -25,38 +25,38 @@ func TestBasicSession(t *testing.T) {
 	total := len(m1) + len(m2)
 
 	c := e.dialReady()
-	c.send("USER alice")
-	c.expect("+OK send PASS")
-	c.send("PASS secret pw") // RFC 1939 §7: a password may contain spaces
-	c.expect(fmt.Sprintf("+OK maildrop has 2 messages (%d octets)", total))
-	c.send("STAT")
-	c.expect(fmt.Sprintf("+OK 2 %d", total))
-	c.send("LIST")
-	c.expect(fmt.Sprintf("+OK 2 messages (%d octets)", total))
-	if got, want := c.multi(), []string{fmt.Sprintf("1 %d", len(m1)), fmt.Sprintf("2 %d", len(m2))}; !reflect.DeepEqual(got, want) {
+	c.Send("USER alice")
+	c.Expect("+OK send PASS")
+	c.Send("PASS secret pw") // RFC 1939 §7: a password may contain spaces
+	c.Expect(fmt.Sprintf("+OK maildrop has 2 messages (%d octets)", total))
+	c.Send("STAT")
+	c.Expect(fmt.Sprintf("+OK 2 %d", total))
+	c.Send("LIST")
+	c.Expect(fmt.Sprintf("+OK 2 messages (%d octets)", total))
+	if got, want := c.Multi(), []string{fmt.Sprintf("1 %d", len(m1)), fmt.Sprintf("2 %d", len(m2))}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("LIST = %q, want %q", got, want)
 	}
-	c.send("LIST 2")
-	c.expect(fmt.Sprintf("+OK 2 %d", len(m2)))
-	c.send("UIDL")
-	c.expect("+OK unique-id listing follows")
-	if got, want := c.multi(), []string{"1 " + u1, "2 " + u2}; !reflect.DeepEqual(got, want) {
+	c.Send("LIST 2")
+	c.Expect(fmt.Sprintf("+OK 2 %d", len(m2)))
+	c.Send("UIDL")
+	c.Expect("+OK unique-id listing follows")
+	if got, want := c.Multi(), []string{"1 " + u1, "2 " + u2}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("UIDL = %q, want %q", got, want)
 	}
-	c.send("UIDL 1")
-	c.expect("+OK 1 " + u1)
-	c.send("RETR 2")
-	c.expect(fmt.Sprintf("+OK %d octets", len(m2)))
-	if got := string(c.body()); got != m2 {
+	c.Send("UIDL 1")
+	c.Expect("+OK 1 " + u1)
+	c.Send("RETR 2")
+	c.Expect(fmt.Sprintf("+OK %d octets", len(m2)))
+	if got := string(c.Body()); got != m2 {
 		t.Fatalf("RETR 2 = %q, want %q", got, m2)
 	}
-	c.send("DELE 1")
-	c.expect("+OK message 1 deleted")
-	c.send("STAT")
-	c.expect(fmt.Sprintf("+OK 1 %d", len(m2)))
-	c.send("QUIT")
-	c.expect("+OK bye, 1 messages deleted")
-	c.expectClosed()
+	c.Send("DELE 1")
+	c.Expect("+OK message 1 deleted")
+	c.Send("STAT")
+	c.Expect(fmt.Sprintf("+OK 1 %d", len(m2)))
+	c.Send("QUIT")
+	c.Expect("+OK bye, 1 messages deleted")
+	c.ExpectClosed()
 
 	if got := e.be.UIDLs("alice"); !reflect.DeepEqual(got, []string{u2}) {
 		t.Fatalf("after QUIT the store holds %q, want only %q", got, u2)

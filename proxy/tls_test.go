@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"crypto/x509"
 	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 func tlsEnv(t *testing.T, mode TLSMode, allowPlaintext bool) (*env, *x509.CertPool) {
@@ -19,35 +20,17 @@ func tlsEnv(t *testing.T, mode TLSMode, allowPlaintext bool) (*env, *x509.CertPo
 	return e, pool
 }
 
-// startTLS upgrades c after a +OK to STLS.
-func (c *client) startTLS(pool *x509.CertPool) {
-	c.t.Helper()
-	tc := tls.Client(c.c, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
-	_ = tc.SetDeadline(time.Now().Add(ioTimeout))
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatalf("TLS handshake: %v", err)
-	}
-	_ = tc.SetDeadline(time.Time{})
-	c.c = tc
-	c.r = bufio.NewReader(tc)
+// startTLS upgrades c after a +OK to STLS, trusting pool.
+func startTLS(c *client, pool *x509.CertPool) {
+	c.Handshake(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
 }
 
 func TestSTLS(t *testing.T) {
 	e, pool := tlsEnv(t, TLSStartTLS, false)
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.dialReady()
-	// Before TLS: STLS offered, no USER, no SASL (plaintext not allowed).
-	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: STLS
-		S: IMPLEMENTATION popgate
-		S: .
+	// Before TLS no login is possible (plaintext not allowed; CAPA: TestCAPA).
+	c.Script(`
 		C: USER alice
 		S: -ERR plaintext login disabled: use STLS first, or POP3S on port 995
 		C: PASS secret pw
@@ -62,20 +45,9 @@ func TestSTLS(t *testing.T) {
 		C: STLS
 		S: +OK begin TLS negotiation
 	`)
-	c.startTLS(pool)
-	// After TLS: no STLS, USER and SASL appear.
-	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: USER
-		S: SASL PLAIN LOGIN
-		S: IMPLEMENTATION popgate
-		S: .
+	startTLS(c, pool)
+	// After TLS: login works, STLS does not (CAPA: TestCAPA).
+	c.Script(`
 		C: STLS
 		S: -ERR TLS already active
 		C: USER alice
@@ -99,20 +71,20 @@ func TestSTLS(t *testing.T) {
 func TestSTLSInjectionRefused(t *testing.T) {
 	e, pool := tlsEnv(t, TLSStartTLS, false)
 	c := e.dialReady()
-	c.sendRaw("STLS\r\nCAPA\r\n")
-	c.expect("-ERR STLS refused: commands sent after STLS before TLS negotiation")
+	c.SendRaw("STLS\r\nCAPA\r\n")
+	c.Expect("-ERR STLS refused: commands sent after STLS before TLS negotiation")
 	// The injected command was answered in the clear, outside TLS.
-	c.expect("+OK capability list follows")
-	if lines := c.multi(); !contains(lines, "STLS") {
+	c.Expect("+OK capability list follows")
+	if lines := c.Multi(); !contains(lines, "STLS") {
 		t.Fatalf("CAPA after refused STLS: %q", lines)
 	}
 	// A clean STLS still works afterwards.
-	c.script(`
+	c.Script(`
 		C: STLS
 		S: +OK begin TLS negotiation
 	`)
-	c.startTLS(pool)
-	c.script(`
+	startTLS(c, pool)
+	c.Script(`
 		C: AUTH PLAIN ` + b64("\x00alice\x00secret pw") + `
 		S: +OK*
 	`)
@@ -130,7 +102,7 @@ func contains(list []string, s string) bool {
 func TestPlainListenerWithoutPlaintextLogin(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.AllowPlaintext = false }})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: -ERR plaintext login disabled and this port has no TLS: login is impossible here, use POP3S on port 995
 		C: AUTH LOGIN
@@ -147,20 +119,9 @@ func TestImplicitTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })
-	c := &client{t: t, c: tc, r: bufio.NewReader(tc)}
-	c.script(`
+	c := testutil.NewPOP3(t, tc)
+	c.Script(`
 		S: +OK POP3 server ready
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: USER
-		S: SASL PLAIN LOGIN
-		S: IMPLEMENTATION popgate
-		S: .
 		C: STLS
 		S: -ERR TLS already active
 		C: USER alice
@@ -172,12 +133,12 @@ func TestImplicitTLS(t *testing.T) {
 	// A client speaking plain POP3 to the TLS port costs only its
 	// connection, and the failure is logged at debug level.
 	bad := e.dial()
-	bad.sendRaw("USER alice\r\n")
-	bad.expectClosed()
+	bad.SendRaw("USER alice\r\n")
+	bad.ExpectClosed()
 	eventually(t, "handshake failure logged", func() bool {
 		return strings.Contains(e.logs.String(), `"level":"debug"`) && strings.Contains(e.logs.String(), "TLS handshake failed")
 	})
-	c.script(`
+	c.Script(`
 		C: STAT
 		S: +OK 0 0
 	`)
@@ -186,20 +147,20 @@ func TestImplicitTLS(t *testing.T) {
 func TestSTLSHandshakeFailure(t *testing.T) {
 	e, _ := tlsEnv(t, TLSStartTLS, true)
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: STLS
 		S: +OK begin TLS negotiation
 	`)
-	c.sendRaw("this is not a TLS ClientHello\r\n")
-	c.expectClosed()
+	c.SendRaw("this is not a TLS ClientHello\r\n")
+	c.ExpectClosed()
 	eventually(t, "handshake failure logged", func() bool { return strings.Contains(e.logs.String(), "TLS handshake failed") })
 	// A client offering only TLS 1.0 against Go's 1.2 minimum: the log tells why.
 	old := e.dialReady()
-	old.script(`
+	old.Script(`
 		C: STLS
 		S: +OK begin TLS negotiation
 	`)
-	tc := tls.Client(old.c, &tls.Config{InsecureSkipVerify: true, ServerName: "pop.example", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
+	tc := tls.Client(old.Conn(), &tls.Config{InsecureSkipVerify: true, ServerName: "pop.example", MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10})
 	_ = tc.SetDeadline(time.Now().Add(ioTimeout))
 	if err := tc.Handshake(); err == nil {
 		t.Fatal("TLS 1.0 handshake succeeded")

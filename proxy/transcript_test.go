@@ -17,20 +17,7 @@ func TestAuthorizationState(t *testing.T) {
 		o.MaxAuthFailures = 100
 	}})
 	c := e.dialReady()
-	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: USER
-		S: SASL PLAIN LOGIN
-		S: LOGIN-DELAY 90
-		S: EXPIRE NEVER
-		S: IMPLEMENTATION popgate-test
-		S: .
+	c.Script(`
 		C: CAPA extra
 		S: -ERR CAPA takes no argument
 		C: STAT
@@ -102,16 +89,7 @@ func TestTransactionState(t *testing.T) {
 	u2 := e.be.Append("alice", []byte("B: 2\r\n\r\ntwo\r\n2\r\n")) // 16 octets
 	u3 := e.be.Append("alice", []byte("C: 3\r\n\r\n"))             // 8 octets
 	c := e.login("alice", "secret pw")
-	c.script(`
-		C: CAPA
-		S: +OK capability list follows
-		S: TOP
-		S: UIDL
-		S: RESP-CODES
-		S: AUTH-RESP-CODE
-		S: PIPELINING
-		S: IMPLEMENTATION popgate
-		S: .
+	c.Script(`
 		C: STAT
 		S: +OK 3 37
 		C: STAT 1
@@ -250,15 +228,15 @@ func TestTransactionState(t *testing.T) {
 func TestTooManyErrorsCloses(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.MaxErrors = 3 }})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: FOO
 		S: -ERR unknown command
 		C: CAPA
 		S: +OK capability list follows*
 	`)
-	c.multi()
+	c.Multi()
 	// A success resets the count: three more errors are needed.
-	c.script(`
+	c.Script(`
 		C: FOO
 		S: -ERR unknown command
 		C: BAR
@@ -272,7 +250,7 @@ func TestTooManyErrorsCloses(t *testing.T) {
 func TestAuthFailuresClose(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.MaxAuthFailures = 2 }})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS nope
@@ -291,13 +269,13 @@ func TestCommandLineLimit(t *testing.T) {
 	c := e.dialReady()
 	// RFC 2449 §4: 255 octets including CRLF are fine …
 	name := strings.Repeat("a", 255-len("USER \r\n"))
-	c.cmdPrefix("USER "+name, "+OK")
+	c.CmdPrefix("USER "+name, "+OK")
 	// … 256 are not.
-	c.cmdPrefix("USER "+name+"b", "-ERR command line too long")
+	c.CmdPrefix("USER "+name+"b", "-ERR command line too long")
 	// A 1 MB line is discarded without killing the session.
-	c.sendRaw("NOOP " + strings.Repeat("x", 1<<20) + "\r\n")
-	c.expect("-ERR command line too long (at most 255 octets)")
-	c.script(`
+	c.SendRaw("NOOP " + strings.Repeat("x", 1<<20) + "\r\n")
+	c.Expect("-ERR command line too long (at most 255 octets)")
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw

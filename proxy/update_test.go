@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +20,7 @@ func TestLockInUse(t *testing.T) {
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c1 := e.login("alice", "secret pw")
 	c2 := e.dialReady()
-	c2.script(`
+	c2.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
@@ -32,14 +31,14 @@ func TestLockInUse(t *testing.T) {
 	// A refused session closes its upstream mailbox at once.
 	eventually(t, "second mailbox closed", func() bool { return e.be.OpenMailboxes() == 1 })
 	// Free right after QUIT: no wait needed.
-	c1.script(`
+	c1.Script(`
 		C: QUIT
 		S: +OK bye
 	`)
 	if e.locker.Held(aliceKey) {
 		t.Fatal("lock still held after +OK to QUIT")
 	}
-	c2.script(`
+	c2.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
@@ -51,14 +50,14 @@ func TestLockFreedAfterDrop(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 	`)
 	if !e.locker.Held(aliceKey) {
 		t.Fatal("lock not held during the session")
 	}
-	c.c.Close()
+	c.Conn().Close()
 	eventually(t, "lock freed after drop", func() bool { return !e.locker.Held(aliceKey) })
 	eventually(t, "mailbox closed", func() bool { return e.be.OpenMailboxes() == 0 })
 	e.login("alice", "secret pw")
@@ -75,12 +74,12 @@ func TestIdleTimeout(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.IdleTimeout = time.Second }})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 	`)
 	// RFC 1939 §3: the autologout timer closes without a response or UPDATE.
-	c.expectClosed()
+	c.ExpectClosed()
 	eventually(t, "lock freed after timeout", func() bool { return !e.locker.Held(aliceKey) })
 	if n := len(e.be.Commits()); n != 0 || len(e.be.UIDLs("alice")) != 1 {
 		t.Fatalf("timeout committed (%d commits)", n)
@@ -92,14 +91,14 @@ func TestIdleTimeout(t *testing.T) {
 func TestLoginTimeout(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.LoginTimeout = 200 * time.Millisecond }})
 	c := e.dialReady()
-	c.expectClosed()
+	c.ExpectClosed()
 }
 
 func TestQuitWithoutDeleteDoesNotCommit(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 		C: RSET
@@ -119,7 +118,7 @@ func TestCommitFailure(t *testing.T) {
 	before := e.be.UIDLs("alice")
 	e.be.SetFaults(memory.Faults{Commit: errors.New("upstream said NO [secret detail]")})
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 1
 		S: +OK message 1 deleted
 		C: QUIT
@@ -138,7 +137,7 @@ func TestCommitFailure(t *testing.T) {
 	// A backend error with its own code and text reaches the client as is.
 	e.be.SetFaults(memory.Faults{Commit: backends.ErrUnavailable.Wrap(errors.New("detail"))})
 	c = e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: DELE 2
 		S: +OK message 2 deleted
 		C: QUIT
@@ -156,28 +155,28 @@ func TestBackendErrors(t *testing.T) {
 
 	e.be.SetFaults(memory.Faults{Login: backends.ErrUnavailable.Wrap(errors.New("dial tcp: refused"))})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
 		S: -ERR [SYS/TEMP] mail store unavailable, try again later
 	`)
 	e.be.SetFaults(memory.Faults{Login: errors.New("some internal detail")})
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
 		S: -ERR [SYS/TEMP] internal error, try again later
 	`)
 	e.be.SetFaults(memory.Faults{Login: &backends.Error{Code: backends.CodeLoginDelay, Text: "wait 5 minutes"}})
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
 		S: -ERR [LOGIN-DELAY] wait 5 minutes
 	`)
 	e.be.SetFaults(memory.Faults{Snapshot: errors.New("FETCH failed")})
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
@@ -187,14 +186,14 @@ func TestBackendErrors(t *testing.T) {
 		t.Fatal("failed snapshot left the lock or the mailbox open")
 	}
 	e.be.SetFaults(memory.Faults{})
-	c.script(`
+	c.Script(`
 		C: USER alice
 		S: +OK send PASS
 		C: PASS secret pw
 		S: +OK maildrop has 2 messages*
 	`)
 	e.be.SetFaults(memory.Faults{Open: errors.New("FETCH BODY failed")})
-	c.script(`
+	c.Script(`
 		C: RETR 1
 		S: -ERR [SYS/TEMP] internal error, try again later
 		C: TOP 1 0
@@ -202,13 +201,13 @@ func TestBackendErrors(t *testing.T) {
 	`)
 	// A failure at the first read is still a clean -ERR.
 	e.be.SetFaults(memory.Faults{Break: true})
-	c.script(`
+	c.Script(`
 		C: RETR 1
 		S: -ERR [SYS/TEMP] internal error, try again later
 	`)
 	e.be.SetFaults(memory.Faults{})
 	e.be.Remove("alice", u2)
-	c.script(`
+	c.Script(`
 		C: RETR 2
 		S: -ERR message no longer available
 		C: RETR 1
@@ -220,13 +219,9 @@ func TestBackendErrors(t *testing.T) {
 	`)
 	// A failure after +OK closes the connection without a terminator.
 	e.be.SetFaults(memory.Faults{Break: true, BreakAfter: 5})
-	c.send("RETR 1")
-	c.expect("+OK 11 octets")
-	_ = c.c.SetReadDeadline(time.Now().Add(ioTimeout))
-	rest, err := io.ReadAll(c.r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.Send("RETR 1")
+	c.Expect("+OK 11 octets")
+	rest := c.ReadToClose()
 	if string(rest) != "S: 1\r" && string(rest) != "" {
 		t.Fatalf("after a broken stream got %q", rest)
 	}
@@ -263,7 +258,7 @@ func TestSizeMismatchLogged(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.Backend = sizeLiar{o.Backend} }})
 	e.be.Append("alice", []byte("S: 1\r\n\r\nx\r\n"))
 	c := e.login("alice", "secret pw")
-	c.script(`
+	c.Script(`
 		C: RETR 1
 		S: +OK 12 octets
 		S: S: 1
@@ -296,7 +291,7 @@ func (panickyBox) Snapshot(context.Context) ([]backends.Message, error) { panic(
 func TestPanicIsContained(t *testing.T) {
 	e := newEnv(t, envConfig{opts: func(o *Options) { o.Backend = panicky{o.Backend} }})
 	c := e.dialReady()
-	c.script(`
+	c.Script(`
 		C: USER bob
 		S: +OK send PASS
 		C: PASS hunter2

@@ -40,6 +40,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/popgate/popgate/internal/pop3client"
 )
 
 type config struct {
@@ -51,7 +53,7 @@ type config struct {
 	max       time.Duration
 	users     []string
 	pass      string
-	tls       tlsMode
+	tls       pop3client.TLSMode
 	tlsConf   *tls.Config
 	timeout   time.Duration
 	sessions  int
@@ -156,9 +158,9 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	switch tlsFlag {
 	case "none":
 	case "implicit":
-		cfg.tls = tlsImplicit
+		cfg.tls = pop3client.Implicit
 	case "starttls":
-		cfg.tls = tlsSTLS
+		cfg.tls = pop3client.STLSRequired
 	default:
 		return nil, fmt.Errorf("-tls %q: want none, implicit or starttls", tlsFlag)
 	}
@@ -342,18 +344,43 @@ func runLoad(cfg *config, stop <-chan os.Signal) result {
 	}
 }
 
+// dial connects as cfg says (pop3client, the client popgate's tests use too).
+func dial(cfg *config) (*pop3client.Client, error) {
+	return pop3client.Dial(cfg.addr, pop3client.Options{TLS: cfg.tls, TLSConfig: cfg.tlsConf, Timeout: cfg.timeout})
+}
+
+// listSizes returns the size of every message, indexed by message number
+// - 1 (RFC 1939 §5 LIST); numbers not listed (deleted) are -1.
+func listSizes(c *pop3client.Client, n int) ([]int64, error) {
+	es, err := c.List()
+	if err != nil {
+		return nil, err
+	}
+	sizes := make([]int64, n)
+	for i := range sizes {
+		sizes[i] = -1
+	}
+	for _, e := range es {
+		if e.Num > n {
+			return nil, fmt.Errorf("LIST: message %d of %d", e.Num, n)
+		}
+		sizes[e.Num-1] = e.Size
+	}
+	return sizes, nil
+}
+
 // session runs one login or retr session and returns the message octets
 // retrieved and the number of messages.
 func session(cfg *config, user string, msgLat *[]time.Duration) (int64, int64, error) {
-	c, err := dialPOP3(cfg.addr, cfg.tls, cfg.tlsConf, cfg.timeout)
+	c, err := dial(cfg)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer c.Close()
-	if err := c.login(user, cfg.pass); err != nil {
+	if err := c.Login(user, cfg.pass); err != nil {
 		return 0, 0, fmt.Errorf("user %s: %w", user, err)
 	}
-	n, _, err := c.stat()
+	n, _, err := c.Stat()
 	if err != nil {
 		return 0, 0, err
 	}
@@ -361,13 +388,13 @@ func session(cfg *config, user string, msgLat *[]time.Duration) (int64, int64, e
 	if cfg.mode == "retr" {
 		var sizes []int64
 		if cfg.verify {
-			if sizes, err = c.list(n); err != nil {
+			if sizes, err = listSizes(c, n); err != nil {
 				return 0, 0, err
 			}
 		}
 		for i := 1; i <= n; i++ {
 			t0 := time.Now()
-			got, err := c.retr(i)
+			got, err := c.Retr(i, nil)
 			if err != nil {
 				return total, msgs, fmt.Errorf("user %s: %w", user, err)
 			}
@@ -381,7 +408,7 @@ func session(cfg *config, user string, msgLat *[]time.Duration) (int64, int64, e
 			msgs++
 		}
 	}
-	return total, msgs, c.quit()
+	return total, msgs, c.Quit()
 }
 
 // runIdle opens cfg.sessions logged-in sessions, prints a ready line, holds
@@ -389,7 +416,7 @@ func session(cfg *config, user string, msgLat *[]time.Duration) (int64, int64, e
 func runIdle(cfg *config, stop <-chan os.Signal, out io.Writer) result {
 	var col collector
 	start := time.Now()
-	conns := make([]*pop3Conn, cfg.sessions)
+	conns := make([]*pop3client.Client, cfg.sessions)
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for w := 0; w < cfg.conc; w++ {
@@ -402,10 +429,10 @@ func runIdle(cfg *config, stop <-chan os.Signal, out io.Writer) result {
 					return
 				}
 				user := cfg.users[i%len(cfg.users)]
-				c, err := dialPOP3(cfg.addr, cfg.tls, cfg.tlsConf, cfg.timeout)
+				c, err := dial(cfg)
 				if err == nil {
-					if err = c.login(user, cfg.pass); err == nil {
-						_, _, err = c.stat()
+					if err = c.Login(user, cfg.pass); err == nil {
+						_, _, err = c.Stat()
 					}
 					if err != nil {
 						c.Close()
@@ -442,10 +469,10 @@ func runIdle(cfg *config, stop <-chan os.Signal, out io.Writer) result {
 		}
 		qwg.Add(1)
 		sem <- struct{}{}
-		go func(c *pop3Conn) {
+		go func(c *pop3client.Client) {
 			defer qwg.Done()
 			defer func() { <-sem }()
-			if err := c.quit(); err != nil {
+			if err := c.Quit(); err != nil {
 				col.fail(fmt.Errorf("QUIT after holding: %w", err))
 			}
 			c.Close()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/internal/pop3client"
 	"github.com/popgate/popgate/internal/testserver/dovecot"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -94,23 +95,23 @@ func scriptedServerTLS(t *testing.T, body string, conf *tls.Config, implicit boo
 func TestRetrUnstuffs(t *testing.T) {
 	body := "Subject: dots\r\n\r\n.\r\n..two\r\n.x\r\n" + strings.Repeat("y", 100000) + "\r\nend\r\n"
 	addr := scriptedServer(t, body)
-	c, err := dialPOP3(addr, tlsNone, nil, 5*time.Second)
+	c, err := pop3client.Dial(addr, pop3client.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.login("u", "p"); err != nil {
+	if err := c.Login("u", "p"); err != nil {
 		t.Fatal(err)
 	}
-	n, size, err := c.stat()
+	n, size, err := c.Stat()
 	if err != nil || n != 1 || size != int64(len(body)) {
 		t.Fatalf("stat = %d %d %v", n, size, err)
 	}
-	got, err := c.retr(1)
+	got, err := c.Retr(1, nil)
 	if err != nil || got != int64(len(body)) {
 		t.Fatalf("retr = %d, %v; want %d", got, err, len(body))
 	}
-	if err := c.quit(); err != nil {
+	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -205,15 +206,15 @@ func TestRetrUnstuffsRandom(t *testing.T) {
 		}
 		body := b.String()
 		addr := scriptedServer(t, body)
-		pc, err := dialPOP3(addr, tlsNone, nil, 5*time.Second)
+		pc, err := pop3client.Dial(addr, pop3client.Options{Timeout: 5 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := pc.login("u", "p"); err != nil {
+		if err := pc.Login("u", "p"); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < 2; i++ { // twice: the first body must end exactly at its terminator
-			if got, err := pc.retr(1); err != nil || got != int64(len(body)) {
+			if got, err := pc.Retr(1, nil); err != nil || got != int64(len(body)) {
 				t.Fatalf("case %d: retr = %d, %v; want %d", c, got, err, len(body))
 			}
 		}

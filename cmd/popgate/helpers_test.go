@@ -1,19 +1,11 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/popgate/popgate/internal/testutil"
 
@@ -29,11 +21,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "popgate")
-	build := exec.Command("go", "build", "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building popgate:", err)
+	binary, err = testutil.BuildPopgate(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -45,85 +35,27 @@ func TestMain(m *testing.M) {
 // syncBuffer collects output written by other goroutines.
 type syncBuffer = testutil.SyncBuffer
 
-// proc is a running popgate.
+// proc is a running popgate (testutil.Proc under the names these tests use).
 type proc struct {
-	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
-	done           chan struct{}
-	code           int
+	*testutil.Proc
+	stdout, stderr *syncBuffer
 }
 
-// startPopgate runs the binary with args; t.Cleanup kills it if it is still
-// running.
+// startPopgate runs the binary with args; it is killed at the end of the
+// test if it is still running.
 func startPopgate(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		err := p.cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			p.code = ee.ExitCode()
-		} else if err != nil {
-			p.code = -1
-		}
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("popgate stdout:\n%s\npopgate stderr:\n%s", p.stdout.String(), p.stderr.String())
-		}
-	})
-	return p
+	p := testutil.StartProc(t, testutil.ProcOptions{}, binary, args...)
+	return &proc{Proc: p, stdout: &p.Stdout, stderr: &p.Stderr}
 }
 
 // waitLog waits until stdout+stderr holds want n times.
-func (p *proc) waitLog(t *testing.T, want string, n int) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
-			return
-		}
-		select {
-		case <-p.done:
-			if strings.Count(p.stdout.String()+p.stderr.String(), want) >= n {
-				return
-			}
-			t.Fatalf("popgate exited (status %d) before logging %q", p.code, want)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	t.Fatalf("popgate did not log %q within 60s", want)
-}
+func (p *proc) waitLog(t *testing.T, want string, n int) { t.Helper(); p.WaitLog(t, want, n) }
 
 // wait waits for the process to exit and returns its status.
-func (p *proc) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.code
-	case <-time.After(90 * time.Second):
-		t.Fatalf("popgate did not exit")
-		return -1
-	}
-}
+func (p *proc) wait(t *testing.T) int { t.Helper(); return p.Wait(t) }
 
-func (p *proc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-}
+func (p *proc) signal(t *testing.T, sig syscall.Signal) { t.Helper(); p.Signal(t, sig) }
 
 // runPopgate runs the binary to its end and returns status, stdout, stderr.
 func runPopgate(t *testing.T, args ...string) (int, string, string) {
@@ -133,15 +65,11 @@ func runPopgate(t *testing.T, args ...string) (int, string, string) {
 	return code, p.stdout.String(), p.stderr.String()
 }
 
-// freeAddr returns a loopback address with a port free right now.
+// freeAddr returns a loopback address with a port free right now that no
+// other caller in this test binary got.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 }
 
 // writeCert writes a self-signed certificate for 127.0.0.1 and returns the
@@ -159,104 +87,30 @@ func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
 	return certFile, keyFile
 }
 
-// pop3 is a minimal POP3 client for the tests.
-type pop3 struct {
-	t  *testing.T
-	c  net.Conn
-	r  *bufio.Reader
-	tr []string // transcript, for failures
-}
+// pop3 is the shared POP3 test client under the names these tests use.
+type pop3 struct{ *testutil.POP3 }
 
-// dialPOP3 connects; implicit selects POP3S. The certificate is not verified
-// (the tests' certificates are self-signed).
+// insecure accepts the tests' self-signed certificates.
+var insecure = &tls.Config{InsecureSkipVerify: true}
+
+// dialPOP3 connects and reads the +OK greeting; implicit selects POP3S.
 func dialPOP3(t *testing.T, addr string, implicit bool) *pop3 {
 	t.Helper()
-	var c net.Conn
-	var err error
-	d := &net.Dialer{Timeout: 10 * time.Second}
+	var c *testutil.POP3
 	if implicit {
-		c, err = tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		c = testutil.DialPOP3S(t, addr, insecure)
 	} else {
-		c, err = d.Dial("tcp", addr)
+		c = testutil.DialPOP3(t, addr)
 	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	p := &pop3{t: t, c: c, r: bufio.NewReader(c)}
-	t.Cleanup(func() { c.Close() })
-	if g := p.line(); !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting %q", g)
-	}
-	return p
+	c.ExpectPrefix("+OK")
+	return &pop3{c}
 }
 
-func (p *pop3) line() string {
-	p.t.Helper()
-	s, err := p.r.ReadString('\n')
-	if err != nil {
-		p.t.Fatalf("reading from popgate: %v (transcript %q)", err, p.tr)
-	}
-	s = strings.TrimRight(s, "\r\n")
-	p.tr = append(p.tr, "S: "+s)
-	return s
-}
-
-// cmd sends a command and returns the status line.
-func (p *pop3) cmd(line string) string {
-	p.t.Helper()
-	p.tr = append(p.tr, "C: "+line)
-	if _, err := p.c.Write([]byte(line + "\r\n")); err != nil {
-		p.t.Fatalf("writing %q: %v", line, err)
-	}
-	return p.line()
-}
-
-// ok sends a command that must succeed.
-func (p *pop3) ok(line string) string {
-	p.t.Helper()
-	s := p.cmd(line)
-	if !strings.HasPrefix(s, "+OK") {
-		p.t.Fatalf("%s: %q (transcript %q)", line, s, p.tr)
-	}
-	return s
-}
-
-// multi sends a command with a multi-line answer and returns the body,
-// dot-unstuffed, lines ending in CRLF.
-func (p *pop3) multi(line string) []byte {
-	p.t.Helper()
-	p.ok(line)
-	var b bytes.Buffer
-	for {
-		s, err := p.r.ReadString('\n')
-		if err != nil {
-			p.t.Fatalf("reading the answer to %q: %v", line, err)
-		}
-		if s == ".\r\n" {
-			return b.Bytes()
-		}
-		b.WriteString(strings.TrimPrefix(s, ".")) // RFC 1939 §3: byte-stuffed lines
-	}
-}
-
-// login by USER/PASS.
-func (p *pop3) login(user, pass string) {
-	p.t.Helper()
-	p.ok("USER " + user)
-	p.ok("PASS " + pass)
-}
-
-// stls upgrades a plain connection (RFC 2595).
-func (p *pop3) stls() {
-	p.t.Helper()
-	p.ok("STLS")
-	tc := tls.Client(p.c, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		p.t.Fatal(err)
-	}
-	p.c, p.r = tc, bufio.NewReader(tc)
-}
+func (p *pop3) cmd(line string) string   { p.T().Helper(); return p.Cmd(line) }
+func (p *pop3) ok(line string) string    { p.T().Helper(); return p.OK(line) }
+func (p *pop3) multi(line string) []byte { p.T().Helper(); return p.Fetch(line) }
+func (p *pop3) login(user, pass string)  { p.T().Helper(); p.Login(user, pass) }
+func (p *pop3) stls()                    { p.T().Helper(); p.STLS(insecure) }
 
 // imapCount returns the number of messages in user's INBOX, asked over IMAP.
 func imapCount(t *testing.T, addr, user, pass string) int {

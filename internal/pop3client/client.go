@@ -96,9 +96,11 @@ func Dial(addr string, o Options) (*Client, error) {
 		return nil, err
 	}
 	if o.TLS == STLSIfOffered || o.TLS == STLSRequired {
-		caps, _ := c.Capa() // an old server without CAPA answers -ERR
-		if o.TLS == STLSIfOffered && !hasCap(caps, "STLS") {
-			return c, nil
+		if o.TLS == STLSIfOffered {
+			caps, _ := c.Capa() // an old server without CAPA answers -ERR
+			if !hasCap(caps, "STLS") {
+				return c, nil
+			}
 		}
 		if err := c.startTLS(conf); err != nil {
 			c.nc.Close()
@@ -122,13 +124,70 @@ func (c *Client) startTLS(conf *tls.Config) error {
 	if c.r.Buffered() > 0 { // RFC 2595 §4: nothing may follow the +OK in clear
 		return errors.New("STLS: server sent data after +OK")
 	}
+	return c.Handshake(conf)
+}
+
+// Handshake runs the client side of TLS on the connection now, for a caller
+// that sent STLS and read the +OK itself; what the server sent before is
+// dropped, and the capabilities are forgotten (RFC 2595 §4).
+func (c *Client) Handshake(conf *tls.Config) error {
 	tc := tls.Client(c.nc, conf)
+	tc.SetDeadline(time.Now().Add(c.timeout))
 	if err := tc.Handshake(); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	c.nc, c.tls, c.caps = tc, true, nil
 	c.reset()
 	return nil
+}
+
+// New wraps a connection that is already open (plain, or TLS from the
+// start) without reading the greeting: the caller reads it with ReadLine.
+// timeout bounds each exchange (0: 60 s).
+func New(nc net.Conn, timeout time.Duration) *Client {
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	_, isTLS := nc.(*tls.Conn)
+	c := &Client{nc: nc, timeout: timeout, tls: isTLS}
+	c.reset()
+	return c
+}
+
+// Conn is the connection under the client (the *tls.Conn once encrypted).
+func (c *Client) Conn() net.Conn { return c.nc }
+
+// ErrNoCRLF reports a line that did not end in CRLF.
+var ErrNoCRLF = errors.New("line does not end in CRLF")
+
+// ReadLine reads one line as the server sent it, whatever it is, without
+// its CRLF, within the timeout. A line ended by a bare LF is returned with
+// ErrNoCRLF; a connection closed mid-line with io.ErrUnexpectedEOF, and
+// one closed between lines with io.EOF.
+func (c *Client) ReadLine() (string, error) {
+	c.nc.SetDeadline(time.Now().Add(c.timeout))
+	s, err := c.r.ReadString('\n')
+	if err != nil {
+		if err == io.EOF && s != "" {
+			err = io.ErrUnexpectedEOF
+		}
+		return s, err
+	}
+	if !strings.HasSuffix(s, "\r\n") {
+		return strings.TrimSuffix(s, "\n"), ErrNoCRLF
+	}
+	return s[:len(s)-2], nil
+}
+
+// WriteRaw sends s as it is (no CRLF added, nothing checked) within the
+// timeout: for tests of what a server does with malformed or pipelined
+// input.
+func (c *Client) WriteRaw(s string) error {
+	c.nc.SetDeadline(time.Now().Add(c.timeout))
+	if _, err := c.w.WriteString(s); err != nil {
+		return err
+	}
+	return c.w.Flush()
 }
 
 // TLS reports whether the connection is encrypted.

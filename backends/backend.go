@@ -105,3 +105,19 @@ func MaildropID(mb Mailbox, c Credentials) string {
 type LoginDelayer interface {
 	LoginDelay() time.Duration
 }
+
+// LoginDelayOf returns the login delay of mb or of a Mailbox it wraps
+// (through Unwrap() Mailbox), and whether one implements LoginDelayer.
+func LoginDelayOf(mb Mailbox) (time.Duration, bool) {
+	for mb != nil {
+		if ld, ok := mb.(LoginDelayer); ok {
+			return ld.LoginDelay(), true
+		}
+		u, ok := mb.(interface{ Unwrap() Mailbox })
+		if !ok {
+			return 0, false
+		}
+		mb = u.Unwrap()
+	}
+	return 0, false
+}

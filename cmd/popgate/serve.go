@@ -15,6 +15,7 @@ import (
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/config"
 	"github.com/popgate/popgate/internal/migration"
+	"github.com/popgate/popgate/internal/throttle"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -60,7 +61,7 @@ func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitFailure
 	}
-	d := &daemon{path: path, logs: logs, log: log}
+	d := &daemon{path: path, logs: logs, log: log, state: throttle.NewMemory(0)}
 	rt, err := d.build(cfg, log, nil)
 	if err != nil {
 		for _, l := range ls {
@@ -95,6 +96,8 @@ type daemon struct {
 	logs *logSwitch     // level and format of every logger
 	log  zerolog.Logger // writes through logs
 	srv  *proxy.Server
+	// state holds failure counts and last logins across reloads.
+	state throttle.Store
 
 	mu  sync.Mutex
 	cur *setup
@@ -111,6 +114,7 @@ type setup struct {
 	// unchanged ones to the next setup.
 	backends map[string]*running
 	mapper   *migration.Mapper // UIDL migration; kept across reloads while its settings stay
+	ident    identityParts     // accounts file or auth hook
 }
 
 // close releases everything of the setup (at shutdown).
@@ -121,6 +125,7 @@ func (r *setup) close() {
 	for _, b := range r.backends {
 		b.inst.Close()
 	}
+	r.ident.close(nil)
 }
 
 // retire closes what the setup next does not share: its TLS manager and
@@ -135,6 +140,7 @@ func (r *setup) retire(next *setup) {
 			b.inst.Close()
 		}
 	}
+	r.ident.close(&next.ident)
 }
 
 func (d *daemon) drainTimeout() time.Duration {
@@ -179,7 +185,7 @@ type running struct {
 // start): an unchanged tls section keeps its Manager (reloaded from the
 // files instead).
 func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*setup, error) {
-	if ps := checkTLS(cfg); len(ps) > 0 {
+	if ps := append(checkTLS(cfg), checkAccounts(cfg)...); len(ps) > 0 {
 		return nil, ps
 	}
 	rt := &setup{cfg: cfg, log: log}
@@ -202,6 +208,11 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	fail := func(err error) (*setup, error) {
 		if rt.tls != nil && (prev == nil || rt.tls != prev.tls) {
 			rt.tls.Close()
+		}
+		if prev != nil {
+			rt.ident.close(&prev.ident)
+		} else {
+			rt.ident.close(nil)
 		}
 		for name, r := range rt.backends {
 			if prev == nil || prev.backends[name] == nil || prev.backends[name].inst != r.inst {
@@ -242,9 +253,16 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if err != nil {
 		return fail(fmt.Errorf("routes: %w", err))
 	}
+	if rt.ident, err = buildIdentity(cfg, log, prev); err != nil {
+		return fail(err)
+	}
+	// Every login passes the gate: failure delays, device accounts or the
+	// hook, LOGIN-DELAY; only then the router and the upstream.
+	gate := newGate(cfg, log, rt.ident, router, d.state)
 	a, s := cfg.Auth, cfg.Session
 	rt.options = proxy.Options{
-		Backend:          router,
+		Backend:          gate,
+		LoginDelayVaries: gate.PerUserLoginDelay,
 		AllowPlaintext:   a.AllowPlaintext,
 		IdleTimeout:      s.IdleTimeout,
 		LoginTimeout:     s.LoginTimeout,
@@ -260,9 +278,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		Implementation:   "popgate",
 		Logger:           log,
 	}
-	if a.FailureDelay == 0 {
-		rt.options.AuthFailureDelay = -1 // 0s in the file means no delay; proxy's zero is its default
-	}
+	rt.options.AuthFailureDelay = -1 // the gate waits the growing failure delay
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}

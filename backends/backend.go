@@ -63,8 +63,17 @@ type Credentials struct {
 	// It must never be logged or put into an error text.
 	Password string
 	// Mechanism is how the client authenticated: "USER" (USER/PASS),
-	// "PLAIN", "LOGIN", or a later SASL mechanism name.
+	// "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER".
 	Mechanism string
+	// Token is an OAuth2 bearer token to log in upstream with (XOAUTH2 or
+	// OAUTHBEARER) instead of Password: a client's own token (AUTH XOAUTH2
+	// or OAUTHBEARER), or one an auth hook returned. Never logged.
+	Token string
+	// Credential names an OAuth2 credential of the configuration
+	// (`credentials:`) whose access token logs in upstream instead of
+	// Password; the backend gets it from its Tokens. An account's
+	// `upstream: {user, credential}` sets it.
+	Credential string
 	// RemoteAddr is the client's address (after PROXY protocol, if any).
 	RemoteAddr net.Addr
 	// TLS reports whether the client connection is encrypted.
@@ -76,7 +85,40 @@ type Credentials struct {
 // String describes the credentials without the secret, so that a %v in a
 // log line cannot leak it.
 func (c Credentials) String() string {
-	return "user=" + c.Username + " mechanism=" + c.Mechanism + " password=<redacted>"
+	s := "user=" + c.Username + " mechanism=" + c.Mechanism + " password=<redacted>"
+	if c.Token != "" {
+		s += " token=<redacted>"
+	}
+	if c.Credential != "" {
+		s += " credential=" + c.Credential
+	}
+	return s
+}
+
+// Tokens hands out OAuth2 access tokens of named credentials (package
+// internal/oauth's Custodian). Backends that log in with tokens take one.
+type Tokens interface {
+	// AccessToken returns a valid access token of credential, refreshing
+	// it first when needed. Its errors hold no secret.
+	AccessToken(ctx context.Context, credential string) (string, error)
+	// Invalidate reports that the upstream rejected token: the next
+	// AccessToken call gets a new one (one refresh however many callers).
+	Invalidate(credential, token string)
+}
+
+// BearerAcceptor is an optional interface of a Backend: whether it can log
+// in upstream with a client's own bearer token (the upstream offers
+// XOAUTH2 or OAUTHBEARER). CAPA names those SASL mechanisms only when some
+// backend can.
+type BearerAcceptor interface {
+	AcceptsBearer() bool
+}
+
+// AcceptsBearer reports whether b implements BearerAcceptor and can take a
+// client's bearer token now.
+func AcceptsBearer(b Backend) bool {
+	a, ok := b.(BearerAcceptor)
+	return ok && a.AcceptsBearer()
 }
 
 // GoString hides the secret from %#v as well.

@@ -45,6 +45,9 @@ func (in *Instance) Login(ctx context.Context, c Credentials) (Mailbox, error) {
 	return &instanceMailbox{Mailbox: mb, in: in}, nil
 }
 
+// AcceptsBearer implements BearerAcceptor for the wrapped Backend.
+func (in *Instance) AcceptsBearer() bool { return AcceptsBearer(in.b) }
+
 // Close implements Backend: it retires the instance and closes the
 // Backend now when no session uses it, else when the last one ends. It
 // returns the Backend's Close error when that happened now.

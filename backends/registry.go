@@ -49,6 +49,10 @@ type Env struct {
 	Name string
 	// Log is the gateway's logger; add the backend name to it.
 	Log zerolog.Logger
+	// Tokens hands out the access tokens of the configured OAuth2
+	// credentials (nil when there are none), for stores that log in with
+	// bearer tokens (Credentials.Credential).
+	Tokens Tokens
 }
 
 // Registry maps type names to Types.

@@ -139,6 +139,19 @@ func (rt *Router) LoginTo(ctx context.Context, backend string, c Credentials) (M
 	return &routedMailbox{Mailbox: mb, id: id}, nil
 }
 
+// AcceptsBearer implements BearerAcceptor: some backend of the router can
+// log in with a client's bearer token.
+func (rt *Router) AcceptsBearer() bool {
+	found := false
+	for _, b := range rt.backends {
+		// Ask every one: the first question starts their capability checks.
+		if AcceptsBearer(b) {
+			found = true
+		}
+	}
+	return found
+}
+
 // Close implements Backend. The router owns none of its backends (a reload
 // may hand them to the next router), so it closes nothing: whoever built
 // the backends closes them.

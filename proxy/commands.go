@@ -13,7 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	"github.com/popgate/popgate/backends"
 )
@@ -317,17 +317,27 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 64*1024); return
 // first chunk read, before +OK, so that an early failure is still a clean
 // -ERR; then it is streamed through the dot-stuffer with a fixed buffer
 // (DESIGN invariant 7). A stream that fails after +OK closes the
-// connection: a truncated message never gets a valid terminator.
+// connection: a truncated message never gets a valid terminator. Open and
+// every wait for data from the store are bounded by CommandTimeout: a
+// store that stalls is cut off (its context cancelled) and, once +OK is
+// sent, so is the client.
 func (ss *session) retrieve(i, lines int) (reply, error) {
 	top := lines >= 0
 	m := ss.snap.msg(i)
 
-	// Open is bounded by CommandTimeout; the stream lives on until Close
-	// (an HTTP body, for one, dies with its context).
+	// The stream lives on until Close (an HTTP body, for one, dies with its
+	// context).
 	ctx, cancel := context.WithCancel(ss.ctx)
-	timer := time.AfterFunc(ss.o.CommandTimeout, cancel)
+	var sentOK atomic.Bool
+	watch := newStallWatch(ss.o.CommandTimeout, func() {
+		cancel()
+		if sentOK.Load() {
+			ss.conn.raw.Close()
+		}
+	})
+	watch.waiting()
 	rc, err := ss.mb.Open(ctx, m, lines)
-	timer.Stop()
+	watch.got()
 	if err == nil && rc == nil {
 		err = errors.New("backend returned no reader and no error")
 	}
@@ -335,9 +345,9 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		cancel()
 		return reply{}, ss.backendError("open", err)
 	}
-	var src io.Reader = rc
+	var src io.Reader = watchedReader{rc, watch}
 	if top {
-		src = &topReader{r: rc, k: lines}
+		src = &topReader{r: src, k: lines}
 	}
 	bp := copyBufPool.Get().(*[]byte)
 	buf := *bp
@@ -358,17 +368,21 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 	}
 	return reply{text: text, then: func() error {
 		defer func() {
+			watch.got()
 			copyBufPool.Put(bp)
 			rc.Close()
 			cancel()
 		}()
+		sentOK.Store(true)
 		body := dotWriter{w: ss.conn.w}
 		_, err := body.Write(buf[:n])
 		if err == nil && rerr == nil {
-			if wt, ok := src.(io.WriterTo); ok {
+			if wt, ok := rc.(io.WriterTo); ok && !top {
 				// The backend writes from its own (bounded) buffers: one copy
 				// less. deadlineWriter still writes at most maxWrite at a time.
-				_, err = wt.WriteTo(writerOnly{&body})
+				watch.waiting()
+				_, err = wt.WriteTo(watchedWriter{writerOnly{&body}, watch})
+				watch.got()
 			} else {
 				_, err = io.CopyBuffer(writerOnly{&body}, readerOnly{src}, buf)
 			}
@@ -376,10 +390,16 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		if err == nil {
 			err = body.Close()
 		}
-		if err != nil {
-			if ss.conn.writeFailed() == nil { // the upstream side failed
-				ss.log.Error().Err(err).Str("uidl", m.UIDL).Int64("sent", body.n).Msg("message stream failed after +OK, closing connection")
-			}
+		switch {
+		case err == nil:
+		case watch.fired.Load():
+			ss.log.Error().Str("uidl", m.UIDL).Int64("sent", body.n).Dur("command_timeout", ss.o.CommandTimeout).
+				Msg("message stream stalled: no data from the store within command_timeout, closing connection")
+			return &sessionEnd{end: endError}
+		case ss.conn.writeFailed() == nil: // the upstream side failed
+			ss.log.Error().Err(err).Str("uidl", m.UIDL).Int64("sent", body.n).Msg("message stream failed after +OK, closing connection")
+			return err
+		default:
 			return err
 		}
 		if top {

@@ -35,8 +35,11 @@
 // answered -ERR and dropped without being buffered. AUTH lines and SASL
 // continuation lines may be 32 KiB. MaxErrors consecutive protocol faults
 // (see Options.MaxErrors for what counts) or MaxAuthFailures failed logins
-// close the connection; each failed login waits AuthFailureDelay first. Connections over MaxConns or MaxConnsPerIP
-// get "-ERR [SYS/TEMP] too many connections".
+// close the connection; each failed login waits AuthFailureDelay first.
+// Connections over MaxConns or MaxConnsPerIP get "-ERR [SYS/TEMP] too many
+// connections" (implicit TLS: closed without a handshake), from the accept
+// loop, without a goroutine of their own. Each backend call, and each wait
+// for data of a message stream, is bounded by CommandTimeout.
 //
 // # Logging
 //

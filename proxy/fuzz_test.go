@@ -47,7 +47,9 @@ func runFuzz(t *testing.T, e *env, prefix string, in []byte) {
 	}
 	o := e.opts
 	o.Backend = be
-	e.srv.Update(o)
+	if err := e.srv.Update(o); err != nil {
+		t.Fatal(err)
+	}
 
 	conn, err := net.DialTimeout("tcp", e.addr, ioTimeout)
 	if err != nil {

@@ -101,9 +101,10 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	if err := ss.admit(c); err != nil {
 		return reply{}, err
 	}
+	// Each backend call gets its own CommandTimeout (Options).
 	ctx, cancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
-	defer cancel()
 	mb, err := ss.o.Backend.Login(ctx, c)
+	cancel()
 	if err != nil {
 		code, text := backends.ClientError(err)
 		if code == backends.CodeAuth {
@@ -117,7 +118,9 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		return reply{}, refusal(backends.CodeSysTemp, "internal error, try again later")
 	}
 	key := backends.MaildropID(mb, c)
+	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 	unlock, err := ss.o.Locker.TryLock(ctx, key)
+	cancel()
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
@@ -129,9 +132,13 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	}
 	// From here on finish() releases both, even after a panic.
 	ss.mb, ss.unlock = mb, unlock
+	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 	msgs, err := mb.Snapshot(ctx)
+	cancel()
 	if err == nil && ss.o.UIDLMapper != nil {
+		ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 		msgs, err = ss.o.UIDLMapper.MapUIDLs(ctx, key, mb, msgs)
+		cancel()
 	}
 	var snap *snapshot
 	if err == nil {

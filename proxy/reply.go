@@ -71,14 +71,12 @@ func (ss *session) respond(r reply, err error) act {
 	}
 	if r.then != nil {
 		if err := r.then(); err != nil {
-			switch e := err.(type) {
-			case *sessionEnd:
+			if e, ok := err.(*sessionEnd); ok {
 				ss.end = e.end
-			default:
-				ss.end = endError
-			}
-			if werr := ss.conn.writeFailed(); werr != nil {
+			} else if werr := ss.conn.writeFailed(); werr != nil {
 				ss.end = ss.endFor(werr) // the client side failed
+			} else {
+				ss.end = endError
 			}
 			return actClose
 		}

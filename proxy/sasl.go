@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/oauth"
 )
 
 // saslMechanism is one SASL mechanism.
@@ -21,6 +22,10 @@ type saslMechanism struct {
 	// password: the client sends a password; the mechanism is offered only
 	// where plaintextOK allows it.
 	password bool
+	// bearer: the client sends an OAuth2 bearer token, passed through to
+	// the upstream; offered only when the backend can take one
+	// (backends.BearerAcceptor).
+	bearer bool
 	// exchange runs the mechanism after "AUTH name [initial-response]"
 	// (initial is nil without one) and returns the credentials to check.
 	// Errors: errSASLAuth (a malformed or unauthorised identity: a failed
@@ -32,15 +37,21 @@ type saslMechanism struct {
 // saslMechanisms are the mechanisms offered, in CAPA order. APOP and
 // CRAM-MD5 would need the clear password upstream; they are not offered.
 var saslMechanisms = [...]saslMechanism{
-	{name: "PLAIN", password: true, exchange: (*session).saslPLAIN}, // RFC 4616
-	{name: "LOGIN", password: true, exchange: (*session).saslLOGIN}, // draft-murchison-sasl-login
+	{name: "PLAIN", password: true, exchange: (*session).saslPLAIN},                               // RFC 4616
+	{name: "LOGIN", password: true, exchange: (*session).saslLOGIN},                               // draft-murchison-sasl-login
+	{name: oauth.OAUTHBEARER, password: true, bearer: true, exchange: (*session).saslOAUTHBEARER}, // RFC 7628
+	{name: oauth.XOAUTH2, password: true, bearer: true, exchange: (*session).saslXOAUTH2},         // Google's and Microsoft's
 }
+
+// bearerOK reports whether a client's bearer token can be passed through:
+// some backend behind the gateway logs in with tokens.
+func (ss *session) bearerOK() bool { return backends.AcceptsBearer(ss.o.Backend) }
 
 // mechanismsOffered returns the mechanisms that may be used now.
 func (ss *session) mechanismsOffered() []string {
 	var out []string
 	for i := range saslMechanisms {
-		if m := &saslMechanisms[i]; !m.password || ss.plaintextOK() {
+		if m := &saslMechanisms[i]; (!m.password || ss.plaintextOK()) && (!m.bearer || ss.bearerOK()) {
 			out = append(out, m.name)
 		}
 	}
@@ -82,7 +93,7 @@ func (ss *session) cmdAUTH(a args) (reply, error) {
 	}
 	var mech *saslMechanism
 	for i := range saslMechanisms {
-		if strings.EqualFold(f[0], saslMechanisms[i].name) {
+		if strings.EqualFold(f[0], saslMechanisms[i].name) && (!saslMechanisms[i].bearer || ss.bearerOK()) {
 			mech = &saslMechanisms[i]
 		}
 	}
@@ -147,6 +158,34 @@ func (ss *session) saslLOGIN(initial *string) (backends.Credentials, error) {
 		return c, errSASLAuth
 	}
 	c.Password = string(pass)
+	return c, nil
+}
+
+// saslOAUTHBEARER reads the client's OAUTHBEARER message (RFC 7628 §3.1):
+// the user is the GS2 authzid, the token goes upstream as it is. A
+// rejected token is answered with -ERR at once, without the error
+// challenge of RFC 7628 §3.2.2.
+func (ss *session) saslOAUTHBEARER(initial *string) (backends.Credentials, error) {
+	return ss.saslBearer(oauth.OAUTHBEARER, oauth.ParseOAuthBearer, initial)
+}
+
+// saslXOAUTH2 reads the client's XOAUTH2 message
+// ("user=USER^Aauth=Bearer TOKEN^A^A").
+func (ss *session) saslXOAUTH2(initial *string) (backends.Credentials, error) {
+	return ss.saslBearer(oauth.XOAUTH2, oauth.ParseXOAUTH2, initial)
+}
+
+func (ss *session) saslBearer(mech string, parse func([]byte) (string, string, error), initial *string) (backends.Credentials, error) {
+	resp, err := ss.saslStep("", initial)
+	if err != nil {
+		return backends.Credentials{}, err
+	}
+	user, tok, err := parse(resp)
+	c := backends.Credentials{Username: user, Mechanism: mech}
+	if err != nil {
+		return c, errSASLAuth
+	}
+	c.Token = tok
 	return c, nil
 }
 

@@ -36,11 +36,15 @@ type Options struct {
 	// may be swapped through GetCertificate (reload).
 	TLSConfig *tls.Config
 	// AllowPlaintext allows USER/PASS and AUTH PLAIN/LOGIN before TLS.
-	AllowPlaintext   bool
-	IdleTimeout      time.Duration // TRANSACTION idle; default 10m (RFC 1939 §3 minimum)
-	LoginTimeout     time.Duration // before login (and TLS handshakes); default 60s
-	WriteTimeout     time.Duration // deadline per write; default 60s
-	CommandTimeout   time.Duration // deadline of each backend call (Login/Snapshot/Open/Commit); default 60s
+	AllowPlaintext bool
+	IdleTimeout    time.Duration // TRANSACTION idle; default 10m (RFC 1939 §3 minimum)
+	LoginTimeout   time.Duration // before login (and TLS handshakes); default 60s
+	WriteTimeout   time.Duration // deadline per write; default 60s
+	// CommandTimeout is the deadline of each backend call (Login, TryLock,
+	// Snapshot, UIDLMapper, Open, Commit: each its own), and the longest a
+	// message stream may wait for data from the store (then the client is
+	// disconnected, never given a terminator); default 60s.
+	CommandTimeout   time.Duration
 	AuthFailureDelay time.Duration // default 2s; negative: no delay
 	MaxAuthFailures  int           // per connection, default 3
 	// MaxErrors closes the connection after this many consecutive protocol
@@ -112,6 +116,17 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// check reports options that cannot serve a listener of mode lc.TLS.
+func (o Options) check(lc ListenerConfig) error {
+	if o.Backend == nil {
+		return errors.New("proxy: Options.Backend is nil")
+	}
+	if lc.TLS != TLSNone && o.TLSConfig == nil {
+		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
+	}
+	return o.validate()
+}
+
 // validate checks the options that would otherwise produce a wrong CAPA.
 func (o Options) validate() error {
 	// RFC 2449 §6.7: EXPIRE is "NEVER" or a number of days.
@@ -143,10 +158,11 @@ type Server struct {
 	mu        sync.Mutex
 	opts      Options
 	closing   bool
-	listeners map[net.Listener]struct{}
+	listeners map[net.Listener]ListenerConfig
 	sessions  map[*session]struct{}
 	total     int            // connections counted against MaxConns
 	perIP     map[string]int // connections per client IP
+	refused   refusalLog
 	wg        sync.WaitGroup // session and rejection goroutines
 
 	nextID    atomic.Uint64
@@ -159,7 +175,7 @@ func New(opts Options) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		localLock: lock.NewLocal(),
-		listeners: map[net.Listener]struct{}{},
+		listeners: map[net.Listener]ListenerConfig{},
 		sessions:  map[*session]struct{}{},
 		perIP:     map[string]int{},
 		baseCtx:   ctx,
@@ -179,18 +195,24 @@ func (s *Server) normalize(o Options) Options {
 
 // Update replaces the options (SIGHUP reload): new sessions use opts, open
 // sessions keep the options they started with. Connection limits apply to
-// connections accepted after the call.
-func (s *Server) Update(opts Options) {
+// connections accepted after the call. Options that Serve would refuse for
+// one of the listeners being served (no Backend, no TLSConfig for a TLS
+// listener, a bad Expire) are refused with an error, and the options in
+// use stay.
+func (s *Server) Update(opts Options) error {
 	o := s.normalize(opts)
 	s.mu.Lock()
-	s.opts = o
-	s.mu.Unlock()
-}
-
-func (s *Server) options() Options {
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.opts
+	if err := o.check(ListenerConfig{TLS: TLSNone}); err != nil {
+		return err
+	}
+	for _, lc := range s.listeners {
+		if err := o.check(lc); err != nil {
+			return err
+		}
+	}
+	s.opts = o
+	return nil
 }
 
 // Serve accepts connections on l until Shutdown (it then returns
@@ -204,22 +226,17 @@ func (s *Server) Serve(l net.Listener, lc ListenerConfig) error {
 	default:
 		return fmt.Errorf("proxy: listener %q: unknown TLS mode %q", lc.Name, lc.TLS)
 	}
-	o := s.options()
-	if o.Backend == nil {
-		return errors.New("proxy: Options.Backend is nil")
-	}
-	if lc.TLS != TLSNone && o.TLSConfig == nil {
-		return fmt.Errorf("proxy: listener %q: TLS mode %s needs Options.TLSConfig", lc.Name, lc.TLS)
-	}
-	if err := o.validate(); err != nil {
+	s.mu.Lock()
+	o := s.opts
+	if err := o.check(lc); err != nil {
+		s.mu.Unlock()
 		return err
 	}
-	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.listeners[l] = struct{}{}
+	s.listeners[l] = lc
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -264,12 +281,13 @@ func (s *Server) accept(nc net.Conn, lc ListenerConfig) {
 	o := s.opts
 	id := s.nextID.Add(1)
 	over := (o.MaxConns > 0 && s.total >= o.MaxConns) || (o.MaxConnsPerIP > 0 && s.perIP[ip] >= o.MaxConnsPerIP)
-	s.wg.Add(1)
 	if over {
+		logNow := s.refused.count(time.Now())
 		s.mu.Unlock()
-		go s.reject(nc, lc, o, id)
+		s.reject(nc, lc, o, id, logNow)
 		return
 	}
+	s.wg.Add(1)
 	s.total++
 	s.perIP[ip]++
 	ss := newSession(s, nc, lc, o, id)
@@ -292,22 +310,50 @@ func (s *Server) release(ss *session, ip string) {
 	}
 }
 
-// reject answers a connection over the limits and closes it.
-func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64) {
-	defer s.wg.Done()
+// rejectWrite bounds the one write to a refused connection. It never
+// blocks in practice: a new socket's send buffer is empty.
+const rejectWrite = 100 * time.Millisecond
+
+// reject refuses a connection over the limits in the accept loop itself,
+// so that a flood costs no goroutine and no buffer: a plain or STLS
+// listener answers "-ERR [SYS/TEMP] too many connections" (RFC 2449 §8,
+// RFC 3206 §5); an implicit-TLS listener closes the connection at once, as
+// that answer would cost a TLS handshake per refused connection. The log
+// line comes at most once a second, with the number refused (n) since the
+// last one; n is 0 when this refusal is not to be logged.
+func (s *Server) reject(nc net.Conn, lc ListenerConfig, o Options, id uint64, n int) {
 	defer nc.Close()
-	log := o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
-	log.Warn().Msg("connection limit reached, connection refused")
-	c := nc
-	_ = nc.SetDeadline(time.Now().Add(min(o.WriteTimeout, 10*time.Second)))
-	if lc.TLS == TLSImplicit {
-		tc := tls.Server(nc, o.TLSConfig)
-		if err := tc.Handshake(); err != nil {
-			return
-		}
-		c = tc
+	if n > 0 {
+		o.Logger.Warn().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).
+			Int("refused", n).Int("max_connections", o.MaxConns).Int("max_connections_per_ip", o.MaxConnsPerIP).
+			Msg("connection limit reached, connection refused")
 	}
-	_, _ = c.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+	if lc.TLS == TLSImplicit {
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // reset: nothing is buffered for this peer
+		}
+		return
+	}
+	_ = nc.SetWriteDeadline(time.Now().Add(rejectWrite))
+	_, _ = nc.Write([]byte("-ERR [SYS/TEMP] too many connections\r\n"))
+}
+
+// refusalLog aggregates the refusal log lines: one a second at most.
+type refusalLog struct {
+	last    time.Time
+	pending int // refused since the last line
+}
+
+// count records a refusal and returns how many to report now, or 0 if
+// this one is only counted. The caller holds Server.mu.
+func (r *refusalLog) count(now time.Time) int {
+	r.pending++
+	if now.Sub(r.last) < time.Second {
+		return 0
+	}
+	n := r.pending
+	r.last, r.pending = now, 0
+	return n
 }
 
 // Sessions returns the number of open client connections (for metrics and

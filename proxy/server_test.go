@@ -197,7 +197,9 @@ func TestUpdateKeepsOpenSessions(t *testing.T) {
 	old := e.dialReady()
 	o := e.opts
 	o.Implementation = "popgate-reloaded"
-	e.srv.Update(o)
+	if err := e.srv.Update(o); err != nil {
+		t.Fatal(err)
+	}
 	capa := func(c *client) []string {
 		c.Send("CAPA")
 		c.ExpectPrefix("+OK")

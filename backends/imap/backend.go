@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -27,6 +28,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/oauth"
 )
 
 // Backend is one configured IMAP upstream. It is safe for concurrent use;
@@ -43,6 +45,10 @@ type Backend struct {
 	cache    *snapCache // nil when disabled
 
 	warnNoUIDPlus sync.Once
+
+	tokens    backends.Tokens // OAuth2 tokens of named credentials; nil: none configured
+	bearer    atomic.Bool     // the upstream offered XOAUTH2 or OAUTHBEARER
+	probeOnce sync.Once
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -91,28 +97,98 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 func (b *Backend) Config() Config { return b.cfg }
 
 // Login opens one upstream IMAP session for c: connect (with TLS as
-// configured), then AUTHENTICATE PLAIN when offered, else LOGIN.
+// configured), then authenticate. With a bearer token (c.Token, or the
+// access token of c.Credential from the backend's Tokens) that is
+// AUTHENTICATE OAUTHBEARER (RFC 7628) or XOAUTH2, whichever the server
+// advertises; with a password, AUTHENTICATE PLAIN when offered, else LOGIN.
+//
+// When the server rejects a credential's token, the token is reported
+// invalid, a new one obtained and the login retried once on a new
+// connection. A token that cannot be obtained answers [SYS/TEMP].
 func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
-	log := b.log.With().Str("user", c.Username).Logger()
-	start := time.Now()
+	if c.Credential == "" {
+		return b.login(ctx, c, c.Token)
+	}
+	log := b.log.With().Str("user", c.Username).Str("credential", c.Credential).Logger()
+	if b.tokens == nil {
+		err := fmt.Errorf("credential %s: no OAuth2 credentials configured", c.Credential)
+		log.Error().Err(err).Msg("upstream login failed")
+		return nil, backends.ErrUnavailable.Wrap(err)
+	}
+	tok, err := b.tokens.AccessToken(ctx, c.Credential)
+	if err != nil {
+		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
+		return nil, backends.ErrUnavailable.Wrap(err)
+	}
+	mb, err := b.login(ctx, c, tok)
+	if err == nil || !errors.Is(err, backends.ErrAuthFailed) {
+		return mb, err
+	}
+	// RFC 6750 §3.1 invalid_token: the token may have been revoked or
+	// expired early. Refresh once, retry once.
+	b.tokens.Invalidate(c.Credential, tok)
+	tok2, err2 := b.tokens.AccessToken(ctx, c.Credential)
+	if err2 != nil {
+		log.Warn().Err(err2).Msg("no OAuth2 token for the upstream login")
+		return nil, backends.ErrUnavailable.Wrap(err2)
+	}
+	log.Info().Msg("upstream rejected the OAuth2 token: retrying once with a new one")
+	return b.login(ctx, c, tok2)
+}
 
+// SetTokens gives the backend the OAuth2 tokens of named credentials
+// (Credentials.Credential). Call it before the first Login.
+func (b *Backend) SetTokens(t backends.Tokens) { b.tokens = t }
+
+// AcceptsBearer implements backends.BearerAcceptor: whether the upstream
+// announced AUTH=XOAUTH2 or AUTH=OAUTHBEARER at the last connection. The
+// first call starts a check in the background and answers false until it
+// (or a login) has seen the server's capabilities.
+func (b *Backend) AcceptsBearer() bool {
+	b.probeOnce.Do(func() { go b.probe() })
+	return b.bearer.Load()
+}
+
+// probe connects once to learn the capabilities before login.
+func (b *Backend) probe() {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.DialTimeout)
+	defer cancel()
+	cl, _, err := b.connect(ctx)
+	if err != nil {
+		b.log.Debug().Err(err).Msg("capability probe failed")
+		return
+	}
+	b.noteCaps(cl.Caps())
+	cl.Logout().Wait()
+	cl.Close()
+}
+
+func (b *Backend) noteCaps(caps imap.CapSet) {
+	if caps != nil {
+		b.bearer.Store(caps.Has(imap.AuthCap(oauth.OAUTHBEARER)) || caps.Has(imap.AuthCap(oauth.XOAUTH2)))
+	}
+}
+
+// connect dials the server, does TLS as configured and waits for the
+// greeting; the client is in the not-authenticated state.
+func (b *Backend) connect(ctx context.Context) (*imapclient.Client, net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, b.cfg.DialTimeout)
 	defer cancel()
 	d := net.Dialer{}
 	conn, err := d.DialContext(dctx, "tcp", b.cfg.Address)
 	if err != nil {
-		return nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: connect: %w", b.cfg.Address, err))
+		return nil, nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: connect: %w", b.cfg.Address, err))
 	}
 	// The watchdog closes the connection when dctx ends before the greeting
 	// (and STARTTLS) are through: go-imap has no context of its own.
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
-	fail := func(err error) (backends.Mailbox, error) {
+	fail := func(err error) (*imapclient.Client, net.Conn, error) {
 		stop()
 		conn.Close()
 		if dctx.Err() != nil {
 			err = fmt.Errorf("%w (%v)", err, dctx.Err())
 		}
-		return nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: %w", b.cfg.Address, err))
+		return nil, nil, backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: %w", b.cfg.Address, err))
 	}
 	if b.cfg.TLS == "implicit" { // RFC 8314 §3
 		tc := tls.Client(conn, b.tls)
@@ -143,6 +219,18 @@ func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.M
 		cl.Close()
 		return fail(fmt.Errorf("unexpected state %v after greeting (PREAUTH?)", cl.State()))
 	}
+	return cl, conn, nil
+}
+
+// login is one upstream login attempt; token, when set, is sent with
+// OAUTHBEARER or XOAUTH2 instead of the password.
+func (b *Backend) login(ctx context.Context, c backends.Credentials, token string) (backends.Mailbox, error) {
+	log := b.log.With().Str("user", c.Username).Logger()
+	start := time.Now()
+	cl, conn, err := b.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
 
 	m := &Mailbox{b: b, c: cl, conn: conn, log: log, user: c.Username}
 	err = m.guard(ctx, "login", func() error {
@@ -150,8 +238,20 @@ func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.M
 		if caps == nil {
 			return errors.New("no CAPABILITY answer")
 		}
+		b.noteCaps(caps)
 		var err error
 		switch {
+		case token != "" && caps.Has(imap.AuthCap(oauth.OAUTHBEARER)): // RFC 7628 §3
+			err = tokenErr(cl.Authenticate(oauth.NewOAuthBearerClient(c.Username, token)))
+		case token != "" && caps.Has(imap.AuthCap(oauth.XOAUTH2)):
+			aerr := cl.Authenticate(oauth.NewXOAUTH2Client(c.Username, token))
+			var re *oauth.RejectedError
+			if errors.As(aerr, &re) { // the exchange was left open: no LOGOUT on this connection
+				m.broken = aerr
+			}
+			err = tokenErr(aerr)
+		case token != "":
+			return backends.ErrUnavailable.Wrap(errors.New("the server offers neither AUTH=OAUTHBEARER nor AUTH=XOAUTH2 for a token login"))
 		case caps.Has(imap.AuthCap(sasl.Plain)): // RFC 4616, SASL-IR (RFC 4959) when offered
 			err = authErr(cl.Authenticate(sasl.NewPlainClient("", c.Username, c.Password)))
 		case caps.Has(imap.CapLoginDisabled): // RFC 3501 §6.2.3
@@ -200,6 +300,16 @@ func authErr(err error) error {
 		return backends.ErrAuthFailed.Wrap(err)
 	}
 	return err
+}
+
+// tokenErr maps the answer to a token login: a NO, or the server's error
+// challenge (oauth.RejectedError), means the token was rejected ([AUTH]).
+func tokenErr(err error) error {
+	var re *oauth.RejectedError
+	if errors.As(err, &re) {
+		return backends.ErrAuthFailed.Wrap(err)
+	}
+	return authErr(err)
 }
 
 // bufPool recycles chunk buffers of one size.

@@ -70,31 +70,19 @@ type snapEntry struct {
 
 var _ backends.Backend = (*Backend)(nil)
 
-// New checks cfg, applies the defaults and returns the backend. It logs a
-// warning when certificate verification is off, and when the url is
-// plain http:// to a host that is not loopback.
+// New checks cfg and returns the backend. cfg holds every value: start
+// from DefaultConfig. It logs a warning when certificate verification is
+// off, and when the url is plain http:// to a host that is not loopback.
 func New(cfg Config, log zerolog.Logger) (*Backend, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := backends.CheckConfig(&cfg); err != nil {
 		return nil, err
-	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
-	}
-	if cfg.CommandTimeout == 0 {
-		cfg.CommandTimeout = DefaultCommandTimeout
-	}
-	if cfg.DeletePolicy == "" {
-		cfg.DeletePolicy = PolicyExpunge
-	}
-	if cfg.SnapshotCache == 0 {
-		cfg.SnapshotCache = DefaultSnapshotCache
 	}
 	u, _ := url.Parse(cfg.URL)
 	b := &Backend{
 		cfg:      cfg,
 		base:     strings.TrimRight(cfg.URL, "/"),
 		log:      log.With().Str("backend", cfg.Name).Logger(),
-		markSeen: cfg.MarkSeen == nil || *cfg.MarkSeen,
+		markSeen: cfg.MarkSeen,
 	}
 	var tlsCfg *tls.Config
 	if u.Scheme == "https" {

@@ -27,7 +27,7 @@ type fake struct {
 	bodies   []string
 }
 
-func serveFake(t *testing.T, f *fake) string {
+func serveFake(t testing.TB, f *fake) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -143,7 +143,7 @@ func TestBareLF(t *testing.T) {
 	f := &fake{}
 	f.on("GET /messages", list(`{"id":"m1","size":23}`))
 	f.on("GET /messages/m1", raw("Subject: x\n\nbody\nend", true))
-	b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+	b := newBackend(t, cfg(serveFake(t, f)))
 	mb, msgs, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestWrongSize(t *testing.T) {
 			f := &fake{}
 			f.on("GET /messages", list(fmt.Sprintf(`{"id":"m1","size":%d}`, c.listed)))
 			f.on("GET /messages/m1", raw(c.body, c.contentLength))
-			b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+			b := newBackend(t, cfg(serveFake(t, f)))
 			mb, msgs, err := login(t, b)
 			if err != nil {
 				t.Fatal(err)
@@ -208,7 +208,7 @@ func TestTopWithoutLinesSupport(t *testing.T) {
 	f := &fake{}
 	f.on("GET /messages", list(fmt.Sprintf(`{"id":"m1","size":%d}`, len(body))))
 	f.on("GET /messages/m1", raw(body, true))
-	b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+	b := newBackend(t, cfg(serveFake(t, f)))
 	mb, msgs, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +243,7 @@ func TestRetryAfter(t *testing.T) {
 				}
 				ok(w, r)
 			})
-			b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+			b := newBackend(t, cfg(serveFake(t, f)))
 			_, msgs, err := login(t, b)
 			if fails <= 2 && (err != nil || len(msgs) != 1) {
 				t.Fatalf("after %d busy answers: %v", fails, err)
@@ -273,7 +273,7 @@ func TestCommitRetriedOnce(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"deleted":["m1"],"not_found":["m 2"]}`)
 	})
-	b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+	b := newBackend(t, cfg(serveFake(t, f)))
 	mb, msgs, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +307,7 @@ func TestCommitIncomplete(t *testing.T) {
 		f := &fake{}
 		f.on("GET /messages", list(`{"id":"m1","size":1},{"id":"m2","size":1}`))
 		f.on("POST /commit", h)
-		b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+		b := newBackend(t, cfg(serveFake(t, f)))
 		mb, msgs, err := login(t, b)
 		if err != nil {
 			t.Fatal(err)
@@ -327,7 +327,7 @@ func TestCommitIncomplete(t *testing.T) {
 func TestSnapshotCache(t *testing.T) {
 	f := &fake{}
 	f.on("GET /messages", list(`{"id":"m1","size":7,"uidl":"u1"}`))
-	b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+	b := newBackend(t, cfg(serveFake(t, f)))
 	mb, first, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -382,7 +382,7 @@ func TestBrokenLists(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f := &fake{}
 			f.on("GET /messages", h)
-			b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+			b := newBackend(t, cfg(serveFake(t, f)))
 			_, _, err := login(t, b)
 			if !errors.Is(err, backends.ErrUnavailable) {
 				t.Fatalf("Snapshot: %v, want ErrUnavailable", err)
@@ -403,7 +403,7 @@ func TestLoginStatuses(t *testing.T) {
 			w.Header().Set("Retry-After", "1")
 			w.WriteHeader(status)
 		})
-		b := newBackend(t, rest.Config{URL: serveFake(t, f), Headers: map[string]string{"X-Api-Key": "k"}})
+		b := newBackend(t, cfg(serveFake(t, f), func(c *rest.Config) { c.Headers = map[string]string{"X-Api-Key": "k"} }))
 		_, err := b.Login(context.Background(), creds)
 		if !errors.Is(err, want) {
 			t.Errorf("HTTP %d: %v, want %v", status, err, want)
@@ -433,7 +433,7 @@ func TestStalledBody(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	b := newBackend(t, rest.Config{URL: serveFake(t, f), CommandTimeout: 300 * time.Millisecond})
+	b := newBackend(t, cfg(serveFake(t, f), func(c *rest.Config) { c.CommandTimeout = 300 * time.Millisecond }))
 	mb, msgs, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -455,7 +455,7 @@ func TestSeenAtClose(t *testing.T) {
 	f.on("POST /commit", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"deleted":[],"not_found":[]}`)
 	})
-	b := newBackend(t, rest.Config{URL: serveFake(t, f)})
+	b := newBackend(t, cfg(serveFake(t, f)))
 	mb, msgs, err := login(t, b)
 	if err != nil {
 		t.Fatal(err)
@@ -478,13 +478,14 @@ func TestConfigChecks(t *testing.T) {
 		cfg  rest.Config
 		want string
 	}{
-		{rest.Config{}, "url is required"},
-		{rest.Config{URL: "ftp://x/y"}, "want http(s)"},
-		{rest.Config{URL: "https://x/y", DeletePolicy: "move"}, "no folders"},
-		{rest.Config{URL: "https://x/y", Headers: map[string]string{"authorization": "x"}}, "set by popgate"},
-		{rest.Config{URL: "https://x/y", Upstream: rest.Config{}.Upstream, CommandTimeout: -1}, "command_timeout"},
+		{cfg(""), "url: required"},
+		{cfg("ftp://x/y"), "want http(s)"},
+		{cfg("https://x/y", func(c *rest.Config) { c.Delete.Policy = "move"; c.Delete.Folder = "Trash" }), "no folders"},
+		{cfg("https://x/y", func(c *rest.Config) { c.Headers = map[string]string{"authorization": "x"} }), "set by popgate"},
+		{cfg("https://x/y", func(c *rest.Config) { c.CommandTimeout = -1 }), "command_timeout"},
+		{cfg("http://x/y", func(c *rest.Config) { c.InsecureSkipVerify = true }), "url: http://, but"},
 	} {
-		err := c.cfg.Validate()
+		err := backends.CheckConfig(&c.cfg)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
 		}

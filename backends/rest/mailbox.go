@@ -174,40 +174,42 @@ func decodePage(r io.Reader, msgs []backends.Message) ([]backends.Message, *stri
 			if err := expectDelim(dec, '['); err != nil {
 				return msgs, nil, "", fmt.Errorf("messages: %w", err)
 			}
+			// One entry value reused: absent fields keep the sentinels
+			// (no pointer per field, no allocation beyond the strings kept).
+			var e struct {
+				ID   string `json:"id"`
+				Size int64  `json:"size"`
+				UIDL string `json:"uidl"`
+			}
 			for dec.More() {
-				var e struct {
-					ID   *string `json:"id"`
-					Size *int64  `json:"size"`
-					UIDL *string `json:"uidl"`
-				}
+				e.ID, e.Size, e.UIDL = "", -1, absent
 				if err := dec.Decode(&e); err != nil {
 					return msgs, nil, "", fmt.Errorf("message %d: %w", len(msgs)+1, err)
 				}
-				if e.ID == nil || *e.ID == "" || len(*e.ID) > maxIDLen {
+				if e.ID == "" || len(e.ID) > maxIDLen {
 					return msgs, nil, "", fmt.Errorf("message %d: id missing, empty or longer than %d octets", len(msgs)+1, maxIDLen)
 				}
-				if e.Size == nil || *e.Size < 0 {
-					return msgs, nil, "", fmt.Errorf("message %d (id %q): size missing or negative", len(msgs)+1, *e.ID)
+				if e.Size < 0 {
+					return msgs, nil, "", fmt.Errorf("message %d (id %q): size missing or negative", len(msgs)+1, e.ID)
 				}
 				var uidl string
 				switch {
-				case e.UIDL != nil:
-					if !validUIDL(*e.UIDL) {
-						return msgs, nil, "", fmt.Errorf("message %d (id %q): uidl %q is not 1-70 octets of 0x21-0x7E", len(msgs)+1, *e.ID, *e.UIDL)
+				case e.UIDL == e.ID:
+					uidl = e.ID // one string for both
+				case e.UIDL != absent:
+					if !validUIDL(e.UIDL) {
+						return msgs, nil, "", fmt.Errorf("message %d (id %q): uidl %q is not 1-70 octets of 0x21-0x7E", len(msgs)+1, e.ID, e.UIDL)
 					}
-					uidl = *e.UIDL
-					if uidl == *e.ID {
-						uidl = *e.ID // one string for both
-					}
-				case validUIDL(*e.ID):
-					uidl = *e.ID
+					uidl = e.UIDL
+				case validUIDL(e.ID):
+					uidl = e.ID
 				default:
-					uidl = DerivedUIDL(*e.ID)
+					uidl = DerivedUIDL(e.ID)
 				}
 				if len(msgs) >= maxMessages {
 					return msgs, nil, "", fmt.Errorf("more than %d messages", maxMessages)
 				}
-				msgs = append(msgs, backends.Message{UIDL: uidl, Size: *e.Size, Ref: *e.ID})
+				msgs = append(msgs, backends.Message{UIDL: uidl, Size: e.Size, Ref: e.ID})
 			}
 			if err := expectDelim(dec, ']'); err != nil {
 				return msgs, nil, "", err
@@ -241,6 +243,9 @@ func decodePage(r io.Reader, msgs []backends.Message) ([]backends.Message, *stri
 	drain(lr)
 	return msgs, next, state, nil
 }
+
+// absent marks a uidl the entry did not have (no valid uidl holds a NUL).
+const absent = "\x00"
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {
 	tok, err := dec.Token()
@@ -307,7 +312,7 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 		return backends.ErrUnavailable.Wrap(errors.New("the store ended the session"))
 	}
 	var del []string
-	if m.b.cfg.DeletePolicy != PolicyKeep {
+	if m.b.cfg.Delete.Policy != backends.PolicyKeep {
 		for _, d := range deleted {
 			del = append(del, d.Ref)
 		}

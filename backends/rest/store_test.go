@@ -42,13 +42,21 @@ func newDrop(t *testing.T, msgs [][]byte, pageSize int) *drop {
 	return d
 }
 
-func newBackend(t *testing.T, cfg rest.Config) *rest.Backend {
-	t.Helper()
-	if cfg.CommandTimeout == 0 {
-		cfg.CommandTimeout = 20 * time.Second
+// cfg is the default configuration for url, changed by each of set.
+func cfg(url string, set ...func(*rest.Config)) rest.Config {
+	c := rest.DefaultConfig()
+	c.URL = url
+	c.CommandTimeout = 20 * time.Second
+	for _, f := range set {
+		f(&c)
 	}
-	cfg.Name = "store"
-	b, err := rest.New(cfg, zerolog.Nop())
+	return c
+}
+
+func newBackend(t *testing.T, c rest.Config) *rest.Backend {
+	t.Helper()
+	c.Name = "store"
+	b, err := rest.New(c, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +65,7 @@ func newBackend(t *testing.T, cfg rest.Config) *rest.Backend {
 }
 
 func (d *drop) Backend(t *testing.T, p backendtest.Policy) backends.Backend {
-	return newBackend(t, rest.Config{URL: d.url, DeletePolicy: p.Name})
+	return newBackend(t, cfg(d.url, func(c *rest.Config) { c.Delete.Policy = p.Name }))
 }
 
 func (d *drop) Credentials() backends.Credentials {
@@ -92,7 +100,7 @@ func (d *drop) FlagDeleted(t *testing.T, i int) { d.root.AddFlag(t, user, d.ids[
 func (d *drop) Expunge(t *testing.T, i int)     { d.root.Remove(t, user, d.ids[i]) }
 
 func (d *drop) Unreachable(t *testing.T) backends.Backend {
-	return newBackend(t, rest.Config{URL: fmt.Sprintf("http://127.0.0.1:%d/pop/v1", testutil.FreePort(t)), CommandTimeout: 5 * time.Second})
+	return newBackend(t, cfg(fmt.Sprintf("http://127.0.0.1:%d/pop/v1", testutil.FreePort(t)), func(c *rest.Config) { c.CommandTimeout = 5 * time.Second }))
 }
 
 // TestConformance runs the backend conformance suite against the

@@ -105,6 +105,7 @@ func summarize(w io.Writer, c *config.Config) {
 		s.IdleTimeout, s.LoginTimeout, limitText(s.MaxConnections), limitText(s.MaxConnectionsPerIP), s.MaxErrors)
 	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
+	summarizeOAuth(w, c)
 }
 
 // limitText shows a connection limit, 0 being none.

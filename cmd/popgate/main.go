@@ -6,6 +6,7 @@
 //	popgate check-config [--config FILE]  validate a configuration file
 //	popgate check-store --url URL --user U --password-file F [--destructive]
 //	                                      check a REST store against the contract
+//	popgate oauth status|enroll NAME|rekey  OAuth2 credentials and their token store
 //	popgate version                       print the version
 //
 // Exit status: 0 success, 1 a runtime failure (such as an address already
@@ -49,6 +50,7 @@ func commands() []command {
 		{"uidl", "capture, show or forget the UIDLs of a retired POP3 server (migration)", runUIDL},
 		{"check-store", "check a live REST store against popgate's store contract", runCheckStore},
 		{"hash-password", "print the argon2id hash of a device password read from standard input", runHashPassword},
+		{"oauth", "OAuth2 credentials: status, enroll NAME, rekey", runOAuth},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -115,7 +115,7 @@ func TestCheckConfig(t *testing.T) {
 		{"uidl_template under demo", strings.Replace(good, "    type: imap\n    address: 127.0.0.1:1143\n    tls: none\n", "    type: demo\n    uidl_template: \"%u\"\n", 1),
 			`line 10: backends.main: unknown key "uidl_template" (known keys: type, address, seed, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header)`},
 		{"unknown type", strings.Replace(good, "    type: imap\n", "    type: pop3\n", 1),
-			`line 9: backends.main.type: unknown type "pop3" (registered types: imap or demo)`},
+			`line 9: backends.main.type: unknown type "pop3" (registered types: imap, rest or demo)`},
 		{"bad address", strings.Replace(good, "127.0.0.1:1110", "127.0.0.1", 1),
 			`line 2: listeners[0].address: "127.0.0.1" is not host:port (missing port in address)`},
 		{"unknown backend", strings.Replace(good, "backend: main", "backend: mian", 1),

@@ -115,6 +115,7 @@ type setup struct {
 	backends map[string]*running
 	mapper   *migration.Mapper // UIDL migration; kept across reloads while its settings stay
 	ident    identityParts     // accounts file or auth hook
+	oauth    *custody          // nil without credentials
 }
 
 // close releases everything of the setup (at shutdown).
@@ -221,19 +222,32 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		}
 		return nil, err
 	}
+	var prevOAuth *custody
+	if prev != nil {
+		prevOAuth = prev.oauth
+	}
+	cu, err := buildCustody(cfg, log, prevOAuth)
+	if err != nil {
+		return fail(err)
+	}
+	rt.oauth = cu
 	bs := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
 		b := cfg.Backends[name]
 		// DESIGN: an unchanged section keeps its running instance, so its
 		// caches (the IMAP snapshot cache) survive a reload.
 		if prev != nil {
-			if old := prev.backends[name]; old != nil && old.typ == b.Type && reflect.DeepEqual(old.settings, b.Settings) {
+			if old := prev.backends[name]; old != nil && old.typ == b.Type && reflect.DeepEqual(old.settings, b.Settings) && prev.oauth == cu {
 				rt.backends[name] = old
 				bs[name] = old.inst
 				continue
 			}
 		}
-		be, err := storeTypes.Build(b.Settings, backends.Env{Name: name, Log: log})
+		env := backends.Env{Name: name, Log: log}
+		if cu != nil {
+			env.Tokens = cu.cu
+		}
+		be, err := storeTypes.Build(b.Settings, env)
 		if err != nil {
 			return fail(fmt.Errorf("backends.%s: %w", name, err))
 		}
@@ -245,11 +259,12 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		rt.backends[name] = r
 		bs[name] = r.inst
 	}
+	var router *backends.Router
 	routes := make([]backends.Route, len(cfg.Routes))
 	for i, r := range cfg.Routes {
 		routes[i] = backends.Route{Match: r.Match, Backend: r.Backend, StripDomain: r.Rewrite.StripDomain, AddDomain: r.Rewrite.AddDomain}
 	}
-	router, err := backends.NewRouter(routes, bs, log)
+	router, err = backends.NewRouter(routes, bs, log)
 	if err != nil {
 		return fail(fmt.Errorf("routes: %w", err))
 	}
@@ -328,8 +343,12 @@ func (d *daemon) reload() {
 		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
 		return
 	}
+	if err := d.srv.Update(rt.options); err != nil {
+		rt.retire(old) // close what was built for nothing
+		old.log.Error().Str("config", d.path).Str("error", err.Error()).Msg("reload failed: the running configuration stays")
+		return
+	}
 	d.logs.set(logTarget)
-	d.srv.Update(rt.options)
 	old.retire(rt)
 	d.cur = rt
 	log.Info().Str("config", d.path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("configuration reloaded")

@@ -4,6 +4,7 @@ import (
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/demo"
 	"github.com/popgate/popgate/backends/imap"
+	"github.com/popgate/popgate/backends/rest"
 )
 
 // storeTypes are the store types a backend section may name in its type
@@ -12,5 +13,6 @@ import (
 // line here. See docs/architecture.md.
 var storeTypes = backends.NewRegistry(
 	imap.Type, // IMAP4rev1 server (Dovecot, Cyrus, …)
+	rest.Type, // popgate's REST store contract (docs/rest-store.md)
 	demo.Type, // the embedded store of popgate demo, in the gateway's process
 )

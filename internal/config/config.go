@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/popgate/popgate/internal/oauth"
 	"github.com/popgate/popgate/internal/strictyaml"
 	"github.com/popgate/popgate/proxy"
 )
@@ -44,6 +45,12 @@ type Config struct {
 	Log Log `yaml:"log"`
 	// Migration holds the UIDL maps captured from a retired POP3 server.
 	Migration Migration `yaml:"migration"`
+	// Credentials are named OAuth2 upstream credentials (Microsoft 365
+	// client credentials, a Gmail refresh token); see package oauth.
+	Credentials map[string]*oauth.CredentialConfig `yaml:"credentials"`
+	// TokenStore is the encrypted file holding the credentials' tokens;
+	// required when Credentials is not empty.
+	TokenStore *oauth.StoreConfig `yaml:"token_store"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`
@@ -192,7 +199,8 @@ type Session struct {
 	LoginTimeout time.Duration `yaml:"login_timeout"`
 	// WriteTimeout is the deadline of every write to the client (default 1m).
 	WriteTimeout time.Duration `yaml:"write_timeout"`
-	// CommandTimeout bounds each backend call of a command (default 1m).
+	// CommandTimeout bounds each backend call on its own, and how long a
+	// message stream may wait for data from the store (default 1m).
 	CommandTimeout time.Duration `yaml:"command_timeout"`
 	// MaxErrors closes the connection after this many consecutive protocol
 	// faults (default proxy.DefaultMaxErrors, 20): unknown commands, commands

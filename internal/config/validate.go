@@ -37,6 +37,7 @@ func (c *Config) validate() Problems {
 	k.routes()
 	k.auth()
 	k.session()
+	k.oauth()
 	if c.Shutdown.DrainTimeout < 0 {
 		k.add("shutdown.drain_timeout", "must not be negative")
 	}

@@ -58,7 +58,7 @@ type Store struct {
 	mu       sync.Mutex
 	users    map[string][]byte // user → bcrypt hash
 	sessions map[string]*session
-	sizes    map[string]int64 // path|filesize|mtime → CRLF size
+	sizes    map[string]int64 // maildir \x00 id → CRLF size
 }
 
 type session struct {
@@ -220,56 +220,46 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(b)
 }
 
-// scan lists the maildrop: names, paths and the state, which digests every
-// listed file's name, length and modification time (so any change of the
-// maildrop changes it) without reading any message.
-func scan(dir string) ([]entry, []os.FileInfo, string, error) {
+// scan lists the maildrop: names and paths in arrival order, and the
+// state, a digest of every listed file name. Maildir message files are
+// never rewritten (a flag change is a rename), so the names are the
+// listing: no message is opened or even stat'ed.
+func scan(dir string) ([]entry, string, error) {
 	var es []entry
-	var infos []os.FileInfo
 	for _, sub := range []string{"new", "cur"} {
 		des, err := os.ReadDir(filepath.Join(dir, sub))
 		if err != nil {
-			return nil, nil, "", err
+			return nil, "", err
 		}
 		for _, de := range des {
 			name := de.Name()
-			if strings.HasPrefix(name, ".") || !de.Type().IsRegular() {
+			if strings.HasPrefix(name, ".") || de.IsDir() {
 				continue
 			}
 			id, flags, _ := strings.Cut(name, ":2,")
 			if sub == "cur" && strings.Contains(flags, "T") {
 				continue // trashed: hidden like IMAP \Deleted
 			}
-			fi, err := de.Info()
-			if err != nil {
-				continue // removed meanwhile
-			}
 			es = append(es, entry{id: id, path: sub + "/" + name})
-			infos = append(infos, fi)
 		}
-	}
-	idx := make([]int, len(es))
-	for i := range idx {
-		idx[i] = i
 	}
 	// Maildir unique names start with the delivery time: name order is
 	// arrival order.
-	sort.Slice(idx, func(a, b int) bool { return es[idx[a]].id < es[idx[b]].id })
-	ses := make([]entry, len(es))
-	sinfos := make([]os.FileInfo, len(es))
+	sort.Slice(es, func(a, b int) bool { return es[a].id < es[b].id })
 	h := sha256.New()
-	for i, j := range idx {
-		ses[i], sinfos[i] = es[j], infos[j]
-		fmt.Fprintf(h, "%s\x00%d\x00%d\n", es[j].path, infos[j].Size(), infos[j].ModTime().UnixNano())
+	for _, e := range es {
+		io.WriteString(h, e.path)
+		h.Write([]byte{0})
 	}
-	return ses, sinfos, "v1-" + hex.EncodeToString(h.Sum(nil))[:32], nil
+	return es, "v1-" + hex.EncodeToString(h.Sum(nil))[:32], nil
 }
 
-// crlfSize returns the octets of the file served with CRLF line endings.
-func (s *Store) crlfSize(path string, fi os.FileInfo) (int64, error) {
-	name := filepath.Base(path)
-	if i := strings.Index(name, ",W="); i >= 0 {
-		v := name[i+3:]
+// crlfSize returns the octets of message id's file served with CRLF line
+// endings: Dovecot's ",W=<size>" in the name when there, else counted once
+// and remembered (message files never change).
+func (s *Store) crlfSize(dir, id, path string) (int64, error) {
+	if i := strings.Index(id, ",W="); i >= 0 {
+		v := id[i+3:]
 		if j := strings.IndexAny(v, ",:"); j >= 0 {
 			v = v[:j]
 		}
@@ -277,7 +267,7 @@ func (s *Store) crlfSize(path string, fi os.FileInfo) (int64, error) {
 			return n, nil
 		}
 	}
-	key := fmt.Sprintf("%s|%d|%d", path, fi.Size(), fi.ModTime().UnixNano())
+	key := dir + "\x00" + id
 	s.mu.Lock()
 	n, ok := s.sizes[key]
 	s.mu.Unlock()
@@ -342,7 +332,7 @@ func (s *Store) list(w http.ResponseWriter, r *http.Request, ss *session) {
 	ss.commitMu.Lock()
 	defer ss.commitMu.Unlock()
 	if cursor == "" {
-		es, infos, state, err := scan(ss.dir)
+		es, state, err := scan(ss.dir)
 		if err != nil {
 			Problem(w, http.StatusServiceUnavailable, "maildrop not readable")
 			return
@@ -355,7 +345,7 @@ func (s *Store) list(w http.ResponseWriter, r *http.Request, ss *session) {
 			return
 		}
 		for i := range es {
-			n, err := s.crlfSize(filepath.Join(ss.dir, es[i].path), infos[i])
+			n, err := s.crlfSize(ss.dir, es[i].id, filepath.Join(ss.dir, es[i].path))
 			if err != nil {
 				Problem(w, http.StatusServiceUnavailable, "maildrop changed while listing, try again")
 				return
@@ -461,11 +451,8 @@ func (s *Store) message(w http.ResponseWriter, r *http.Request, ss *session, id 
 	defer f.Close()
 	w.Header().Set("Content-Type", "message/rfc822")
 	if lines < 0 {
-		fi, err := f.Stat()
-		if err == nil {
-			if n, err := s.crlfSize(p, fi); err == nil {
-				w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-			}
+		if n, err := s.crlfSize(ss.dir, id, p); err == nil {
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		}
 		w.WriteHeader(http.StatusOK)
 		io.Copy(&crlfWriter{w: w}, f)

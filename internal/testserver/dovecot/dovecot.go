@@ -71,6 +71,15 @@ type Options struct {
 	// "override_fields = userdb_imapc_user=%u userdb_imapc_password=%w"
 	// for Dovecot's imapc POP3 gateway with the client's own password.
 	PassdbExtra string
+	// OAuth2IntrospectionURL turns on XOAUTH2 and OAUTHBEARER through
+	// Dovecot's oauth2 passdb: every token is checked by POSTing it to this
+	// RFC 7662 introspection endpoint, which must answer {"active": true,
+	// "username": USER} (the user named in the SASL message). Passwords
+	// keep working through the passwd-file passdb.
+	OAuth2IntrospectionURL string
+	// OAuth2Mechanisms are the token mechanisms offered with
+	// OAuth2IntrospectionURL (default "xoauth2 oauthbearer").
+	OAuth2Mechanisms string
 	// AuthFailureDelay is Dovecot's delay after a failed login. Zero: 0 s
 	// (Dovecot's own default is 2 s, too slow for tests).
 	AuthFailureDelay time.Duration
@@ -197,6 +206,13 @@ func start(bin string, opts Options) (*Server, error) {
 	if opts.POP3 {
 		s.pop3Addr = fmt.Sprintf("127.0.0.1:%d", ports[2])
 	}
+	if opts.OAuth2IntrospectionURL != "" {
+		ext := "introspection_mode = post\nintrospection_url = " + opts.OAuth2IntrospectionURL +
+			"\ntokeninfo_url =\nusername_attribute = username\nactive_attribute = active\nactive_value = true\n"
+		if err := os.WriteFile(s.oauth2ConfigFile(), []byte(ext), 0o644); err != nil {
+			return fail(err)
+		}
+	}
 	conf := s.config(opts, uid, gid, extraGlobal, ports)
 	if err := os.WriteFile(s.ConfigFile, []byte(conf), 0o644); err != nil {
 		return fail(err)
@@ -306,7 +322,16 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 		w("ssl = no")
 	}
 	w("disable_plaintext_auth = no")
-	w("auth_mechanisms = plain login")
+	if opts.OAuth2IntrospectionURL != "" {
+		mechs := opts.OAuth2Mechanisms
+		if mechs == "" {
+			mechs = "xoauth2 oauthbearer"
+		}
+		w("auth_mechanisms = plain login %s", mechs)
+		w("passdb {\n  driver = oauth2\n  mechanisms = %s\n  args = %s\n}", mechs, s.oauth2ConfigFile())
+	} else {
+		w("auth_mechanisms = plain login")
+	}
 	w("auth_failure_delay = %ds", int(opts.AuthFailureDelay/time.Second))
 	w("passdb {\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%%u %s/%%u\n  %s\n}", s.usersDir(), opts.PassdbExtra)
 	w("userdb {\n  driver = static\n  args = uid=%d gid=%d home=%s/home/%%u\n}", uid, gid, s.Dir)
@@ -372,6 +397,8 @@ func freePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+func (s *Server) oauth2ConfigFile() string { return filepath.Join(s.Dir, "oauth2.conf.ext") }
 
 func (s *Server) usersDir() string { return filepath.Join(s.Dir, "users") }
 

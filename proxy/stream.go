@@ -1,0 +1,61 @@
+package proxy
+
+import (
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// stallWatch bounds how long a message stream may wait on the store: when
+// the store delivers nothing for limit, stalled runs (once). Only time spent
+// waiting on the store counts, never time spent writing to the client
+// (WriteTimeout bounds that).
+type stallWatch struct {
+	t     *time.Timer
+	limit time.Duration
+	fired atomic.Bool
+}
+
+func newStallWatch(limit time.Duration, stalled func()) *stallWatch {
+	w := &stallWatch{limit: limit}
+	w.t = time.AfterFunc(limit, func() {
+		w.fired.Store(true)
+		stalled()
+	})
+	w.t.Stop()
+	return w
+}
+
+// waiting starts (or restarts) the wait on the store.
+func (w *stallWatch) waiting() { w.t.Reset(w.limit) }
+
+// got stops the wait: the store answered.
+func (w *stallWatch) got() { w.t.Stop() }
+
+// watchedReader reads from the store under a stallWatch.
+type watchedReader struct {
+	r io.Reader
+	w *stallWatch
+}
+
+func (r watchedReader) Read(p []byte) (int, error) {
+	r.w.waiting()
+	n, err := r.r.Read(p)
+	r.w.got()
+	return n, err
+}
+
+// watchedWriter is the writer given to a store that writes the message
+// itself (io.WriterTo): time inside Write is the client's, time between
+// writes is the store's.
+type watchedWriter struct {
+	w  io.Writer
+	sw *stallWatch
+}
+
+func (x watchedWriter) Write(p []byte) (int, error) {
+	x.sw.got()
+	n, err := x.w.Write(p)
+	x.sw.waiting()
+	return n, err
+}

@@ -251,3 +251,17 @@ func (m *mailbox) Unwrap() backends.Mailbox { return m.Mailbox }
 func (g *Gate) Close() error { return nil }
 
 var _ backends.Backend = (*Gate)(nil)
+
+// AcceptsBearer implements backends.BearerAcceptor: for pass-through,
+// whether the upstream can take a client's own bearer token (CAPA then
+// names XOAUTH2/OAUTHBEARER); with accounts or the hook, devices log in
+// with their own passwords, so no.
+func (g *Gate) AcceptsBearer() bool {
+	if g.o.Source != nil {
+		return false
+	}
+	a, ok := g.o.Upstream.(backends.BearerAcceptor)
+	return ok && a.AcceptsBearer()
+}
+
+var _ backends.BearerAcceptor = (*Gate)(nil)

@@ -50,14 +50,32 @@ func NewRouter(routes []Route, backends map[string]Backend, log zerolog.Logger) 
 		if _, ok := backends[r.Backend]; !ok {
 			errs = append(errs, fmt.Errorf("route %d: unknown backend %q", i, r.Backend))
 		}
-		if r.Match == "" || (strings.Contains(r.Match, "*") && r.Match != "*" && !(strings.HasPrefix(r.Match, "*@") && !strings.Contains(r.Match[2:], "*"))) {
-			errs = append(errs, fmt.Errorf("route %d: invalid match %q", i, r.Match))
+		if err := CheckMatch(r.Match); err != nil {
+			errs = append(errs, fmt.Errorf("route %d: match: %w", i, err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return &Router{routes: append([]Route(nil), routes...), backends: backends, log: log}, nil
+}
+
+// CheckMatch reports whether pattern is a valid Route.Match: "*", "*@"
+// followed by a domain, or a login name without "*". The configuration
+// check and NewRouter both use it.
+func CheckMatch(pattern string) error {
+	switch {
+	case pattern == "":
+		return errors.New(`required ("*", "*@example.com" or a login name)`)
+	case pattern == "*":
+	case strings.HasPrefix(pattern, "*@"):
+		if dom := pattern[2:]; dom == "" || strings.ContainsAny(dom, "*@ ") {
+			return fmt.Errorf(`%q: want "*@" followed by a domain`, pattern)
+		}
+	case strings.Contains(pattern, "*"):
+		return fmt.Errorf(`%q: a wildcard is only allowed as "*" or "*@domain"`, pattern)
+	}
+	return nil
 }
 
 // splitDomain splits a login at its last '@'; domain is "" without one.

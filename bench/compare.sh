@@ -140,7 +140,7 @@ mkdir -p "$WORK/homeB"
 chown -R "$MUID:$MGID" "$WORK/home" "$WORK/homeB" "$WORK/shared" "$WORK/sharedsmall" "$WORK/master" "$WORK/small" "$WORK/bigmaster" 2>/dev/null || true
 
 # --- Dovecot A: the store (IMAP for popgate and imapc; native POP3) --------
-IMAP_A=$(free_port); POP3_A=$(free_port); POP3_B=$(free_port); POP3_P=$(free_port)
+IMAP_A=$(free_port); POP3_A=$(free_port); POP3_B=$(free_port); POP3_P=$(free_port); POP3_R=$(free_port)
 common() { # common NAME
 	cat <<EOF
 instance_name = popgate-bench-$1-$$
@@ -244,7 +244,7 @@ done
 wait_port "$IMAP_A" "Dovecot A IMAP"; wait_port "$POP3_A" "Dovecot A POP3"; wait_port "$POP3_B" "Dovecot B POP3"
 
 # --- popgate ----------------------------------------------------------------
-popgate_conf() { # popgate_conf PORT
+popgate_conf() { # popgate_conf PORT [REUSE_MAX]
 	cat <<EOF
 listeners:
   - address: "127.0.0.1:$1"
@@ -254,6 +254,7 @@ backends:
     type: imap
     address: "127.0.0.1:$IMAP_A"
     tls: none
+    reuse: {max: ${2:-0}}
 routes:
   - match: "*"
     backend: dovecot
@@ -268,8 +269,8 @@ log:
 EOF
 }
 POPGATE_PID=
-start_popgate() { # start_popgate NAME PORT
-	popgate_conf "$2" >"$WORK/$1.yaml"
+start_popgate() { # start_popgate NAME PORT [REUSE_MAX]
+	popgate_conf "$2" "${3:-0}" >"$WORK/$1.yaml"
 	"$WORK/bin/popgate" serve --config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
 	POPGATE_PID=$!
 	PIDS+=("$POPGATE_PID")
@@ -278,9 +279,12 @@ start_popgate() { # start_popgate NAME PORT
 stop_popgate() { kill "$POPGATE_PID"; wait "$POPGATE_PID" 2>/dev/null || true; }
 start_popgate popgate "$POP3_P"
 MAIN_POPGATE=$POPGATE_PID
+# popgate-reuse: the same, with warm upstream sessions (backends.NAME.reuse)
+start_popgate popgate-reuse "$POP3_R" $((CONC * 4 + 100))
+REUSE_POPGATE=$POPGATE_PID
 
-TARGETS=(popgate dovecot-imapc dovecot-pop3)
-declare -A ADDR=([popgate]=127.0.0.1:$POP3_P [dovecot-imapc]=127.0.0.1:$POP3_B [dovecot-pop3]=127.0.0.1:$POP3_A)
+TARGETS=(popgate popgate-reuse dovecot-imapc dovecot-pop3)
+declare -A ADDR=([popgate]=127.0.0.1:$POP3_P [popgate-reuse]=127.0.0.1:$POP3_R [dovecot-imapc]=127.0.0.1:$POP3_B [dovecot-pop3]=127.0.0.1:$POP3_A)
 
 load() { # load TARGET ARGS... -> pop3load's summary line (users load1..)
 	"$LOAD" -addr "${ADDR[$1]}" -pass "$PASS" -users 'load%d' -nusers "$CONC" -c "$CONC" -max 10m "${@:2}"
@@ -325,6 +329,7 @@ for t in "${TARGETS[@]}"; do
 	RETR[$t]=$(median <"$WORK/retr-$t")
 done
 POPGATE_PID=$MAIN_POPGATE stop_popgate
+POPGATE_PID=$REUSE_POPGATE stop_popgate
 
 kb() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 
@@ -376,6 +381,14 @@ popgate comparison ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, loopback; $MSGS 
 | login sessions/s                 | ${LOGIN[popgate]} | ${LOGIN[dovecot-imapc]} | ${LOGIN[dovecot-pop3]} | $(ratio "${LOGIN[popgate]}" "${LOGIN[dovecot-imapc]}") (>= 1.5x) | $(ratio "${LOGIN[popgate]}" "${LOGIN[dovecot-pop3]}") |
 | login sessions/s, $SMALL-msg maildrops | ${LOGINS[popgate]} | ${LOGINS[dovecot-imapc]} | ${LOGINS[dovecot-pop3]} | $(ratio "${LOGINS[popgate]}" "${LOGINS[dovecot-imapc]}") | $(ratio "${LOGINS[popgate]}" "${LOGINS[dovecot-pop3]}") |
 | retrieval MB/s                   | ${RETR[popgate]} | ${RETR[dovecot-imapc]} | ${RETR[dovecot-pop3]} | $(ratio "${RETR[popgate]}" "${RETR[dovecot-imapc]}") (>= 1.5x) | $(ratio "${RETR[popgate]}" "${RETR[dovecot-pop3]}") (>= 0.8x) |
+
+With warm upstream sessions (reuse: {max: $((CONC * 4 + 100))}), same run:
+
+| measure                          | popgate-reuse | popgate-reuse/popgate | popgate-reuse/POP3 |
+|----------------------------------|---------------|-----------------------|--------------------|
+| login sessions/s                 | ${LOGIN[popgate-reuse]} | $(ratio "${LOGIN[popgate-reuse]}" "${LOGIN[popgate]}") | $(ratio "${LOGIN[popgate-reuse]}" "${LOGIN[dovecot-pop3]}") |
+| login sessions/s, $SMALL-msg maildrops | ${LOGINS[popgate-reuse]} | $(ratio "${LOGINS[popgate-reuse]}" "${LOGINS[popgate]}") | $(ratio "${LOGINS[popgate-reuse]}" "${LOGINS[dovecot-pop3]}") |
+| retrieval MB/s                   | ${RETR[popgate-reuse]} | $(ratio "${RETR[popgate-reuse]}" "${RETR[popgate]}") | $(ratio "${RETR[popgate-reuse]}" "${RETR[dovecot-pop3]}") |
 
 | popgate memory                                   | measured | target |
 |--------------------------------------------------|----------|--------|

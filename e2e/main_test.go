@@ -63,6 +63,7 @@ func run(m *testing.M) int {
 	if dc != nil {
 		defer dc.Close()
 	}
+	defer closeCyrus() // started by the JMAP tests on first use
 	return m.Run()
 }
 
@@ -276,7 +277,7 @@ func uidl(uid imap.UID, validity uint32) string {
 // runClient runs a client binary with a deadline, in dir, with HOME=dir.
 func runClient(t *testing.T, dir string, stdin []byte, name string, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
@@ -289,7 +290,7 @@ func runClient(t *testing.T, dir string, stdin []byte, name string, args ...stri
 	cmd.Stderr = &e
 	err = cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("%s did not finish within 60s: %s", name, e.Bytes())
+		t.Fatalf("%s did not finish within 5 minutes (a hang): %s", name, e.Bytes())
 	}
 	return o.Bytes(), e.Bytes(), err
 }

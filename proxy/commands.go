@@ -35,6 +35,9 @@ type command struct {
 	states state  // the states it is valid in
 	args   argShape
 	run    func(ss *session, a args) (reply, error)
+	// secret: the line (and SASL continuation lines) may hold a password;
+	// the line buffer is wiped after the command, whatever its outcome.
+	secret bool
 }
 
 // args are a command's checked arguments.
@@ -54,8 +57,8 @@ var commands = [...]command{
 	{name: "QUIT", states: anyState, args: argNone, run: (*session).cmdQUIT},
 	{name: "STLS", states: stateAuthorization, args: argNone, run: (*session).cmdSTLS},
 	{name: "USER", states: stateAuthorization, args: argText, run: (*session).cmdUSER},
-	{name: "PASS", states: stateAuthorization, args: argText, run: (*session).cmdPASS},
-	{name: "AUTH", states: stateAuthorization, args: argText, run: (*session).cmdAUTH},
+	{name: "PASS", states: stateAuthorization, args: argText, run: (*session).cmdPASS, secret: true},
+	{name: "AUTH", states: stateAuthorization, args: argText, run: (*session).cmdAUTH, secret: true},
 	{name: "APOP", states: stateAuthorization, args: argText, run: (*session).cmdAPOP},
 	{name: "STAT", states: stateTransaction, args: argNone, run: (*session).cmdSTAT},
 	{name: "LIST", states: stateTransaction, args: argOptMsg, run: (*session).cmdLIST},

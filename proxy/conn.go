@@ -217,6 +217,10 @@ type lineReader struct {
 // it has been discarded. If longer is not nil and the line's first octets make
 // it answer true, the limit for this line becomes maxSASLLine instead.
 // longer sees at most the first 8 octets.
+//
+// What it takes from the bufio.Reader's buffer (pooled, shared by sessions
+// over time) is zeroed there at once: a line may hold a password, and only
+// lr.buf keeps it, until wipe.
 func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, error) {
 	lr.buf = lr.buf[:0]
 	for {
@@ -230,10 +234,14 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 			}
 		}
 		if len(lr.buf)+len(frag) > limit {
+			clear(lr.buf)
 			lr.buf = lr.buf[:0]
+			clear(frag)
 			// Drop the rest of the line without keeping it.
 			for err == bufio.ErrBufferFull {
-				_, err = lr.r.ReadSlice('\n')
+				var rest []byte
+				rest, err = lr.r.ReadSlice('\n')
+				clear(rest)
 			}
 			if err != nil {
 				return nil, err
@@ -241,6 +249,7 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 			return nil, errLineTooLong
 		}
 		lr.buf = append(lr.buf, frag...)
+		clear(frag) // consumed: the reader never looks at it again
 		switch err {
 		case nil:
 			line := lr.buf[:len(lr.buf)-1] // drop LF
@@ -256,7 +265,10 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 	}
 }
 
-// wipe zeroes the line buffer (it may have held a password).
+// wipe zeroes the line buffer (it may have held a password). Copies made
+// from it as strings (backends.Credentials.Password, the fields of an AUTH
+// line) cannot be cleared: they live until the garbage collector reclaims
+// them. A TLS connection's own buffers are out of reach too.
 func (lr *lineReader) wipe() {
 	b := lr.buf[:cap(lr.buf)]
 	clear(b)

@@ -41,6 +41,16 @@
 // loop, without a goroutine of their own. Each backend call, and each wait
 // for data of a message stream, is bounded by CommandTimeout.
 //
+// # Secrets in memory
+//
+// Command lines are zeroed in the pooled read buffer as soon as they are
+// read; the line buffer of PASS and AUTH (with its SASL continuation
+// lines) is zeroed when the command ends, and so are decoded SASL
+// responses. What Go cannot clear stays until the garbage collector
+// reuses the memory: the strings made from a password
+// (backends.Credentials.Password, which the backend receives, and the
+// fields of an AUTH line), and the buffers inside crypto/tls.
+//
 // # Logging
 //
 // Each connection logs through a child of Options.Logger with the fields

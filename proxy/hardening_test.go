@@ -1,16 +1,19 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/backends/memory"
 	"github.com/popgate/popgate/internal/testutil"
 )
 
@@ -212,5 +215,91 @@ func TestRefusalsCostNoGoroutine(t *testing.T) {
 	`)
 	if n := strings.Count(e.logs.String(), "connection limit reached"); n < 1 || n > 2 {
 		t.Errorf("%d refusal log lines for %d refusals, want them aggregated", n, flood)
+	}
+}
+
+// recordingListener hands out connections that remember every buffer the
+// server reads into (the bufio.Reader's own buffer, pooled).
+type recordingListener struct {
+	net.Listener
+	mu   sync.Mutex
+	bufs [][]byte
+}
+
+type recordingConn struct {
+	net.Conn
+	l *recordingListener
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return recordingConn{c, l}, nil
+}
+
+func (c recordingConn) Read(p []byte) (int, error) {
+	c.l.mu.Lock()
+	c.l.bufs = append(c.l.bufs, p[:cap(p)])
+	c.l.mu.Unlock()
+	return c.Conn.Read(p)
+}
+
+// residue reports whether any buffer read into still holds s.
+func (l *recordingListener) residue(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, b := range l.bufs {
+		if bytes.Contains(b, []byte(s)) {
+			return true
+		}
+	}
+	return false
+}
+
+// Defect 7: a password line does not stay in the pooled read buffer after
+// the command, whether the login succeeds or not.
+func TestPasswordNotLeftInReadBuffers(t *testing.T) {
+	be := memory.New()
+	be.AddUser("alice", "s3cret-Password-of-alice")
+	srv := New(Options{Backend: be, AllowPlaintext: true, AuthFailureDelay: -1, MaxAuthFailures: 10})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := &recordingListener{Listener: l}
+	go srv.Serve(rl, ListenerConfig{})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	c := testutil.DialPOP3(t, l.Addr().String())
+	c.Script(`
+		S: +OK*
+		C: PASS wrong-Password-number-1
+		S: -ERR PASS must follow USER
+		C: USER alice
+		S: +OK send PASS
+		C: PASS wrong-Password-number-2
+		S: -ERR [AUTH] authentication failed
+		C: AUTH PLAIN ` + b64("bob\x00alice\x00wrong-Password-number-3") + `
+		S: -ERR [AUTH] authentication failed
+		C: AUTH LOGIN
+		S: + VXNlcm5hbWU6
+		C: ` + b64("alice") + `
+		S: + UGFzc3dvcmQ6
+		C: ` + b64("s3cret-Password-of-alice") + `
+		S: +OK*
+		C: NOOP
+		S: +OK
+	`)
+	// Later, shorter lines overwrite the start of the buffer only: look
+	// for the end of each secret.
+	for _, s := range []string{"wrong-Password-number-1", "wrong-Password-number-2", b64("bob\x00alice\x00wrong-Password-number-3"), b64("s3cret-Password-of-alice")} {
+		if tail := s[len(s)-12:]; rl.residue(tail) {
+			t.Errorf("the end of %q is still in a read buffer", s)
+		}
 	}
 }

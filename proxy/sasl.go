@@ -128,6 +128,7 @@ func (ss *session) saslPLAIN(initial *string) (backends.Credentials, error) {
 	if err != nil {
 		return backends.Credentials{}, err
 	}
+	defer clear(resp)
 	parts := bytes.Split(resp, []byte{0})
 	if len(parts) != 3 {
 		return backends.Credentials{}, errSASLAuth
@@ -151,6 +152,7 @@ func (ss *session) saslLOGIN(initial *string) (backends.Credentials, error) {
 	}
 	c := backends.Credentials{Username: string(user), Mechanism: "LOGIN"}
 	pass, err := ss.saslStep("Password:", nil)
+	defer clear(pass)
 	if err != nil {
 		return c, err
 	}
@@ -196,6 +198,7 @@ func (ss *session) saslStep(challenge string, initial *string) ([]byte, error) {
 	var line []byte
 	if initial != nil {
 		line = []byte(*initial)
+		defer clear(line)
 	} else {
 		if err := ss.conn.prompt("+ " + base64.StdEncoding.EncodeToString([]byte(challenge))); err != nil {
 			return nil, ss.gone(err)

@@ -45,7 +45,7 @@ type Options struct {
 	// message stream may wait for data from the store (then the client is
 	// disconnected, never given a terminator); default 60s.
 	CommandTimeout   time.Duration
-	AuthFailureDelay time.Duration // default 2s; negative: no delay
+	AuthFailureDelay time.Duration // 0 or negative: no delay (DefaultOptions has DefaultAuthFailureDelay)
 	MaxAuthFailures  int           // per connection, default 3
 	// MaxErrors closes the connection after this many consecutive protocol
 	// faults (default DefaultMaxErrors): unknown commands, commands not valid
@@ -88,7 +88,29 @@ const (
 	DefaultAuthFailureDelay = 2 * time.Second
 	DefaultMaxAuthFailures  = 3
 	DefaultMaxErrors        = 20
+	DefaultMaxConns         = 1000
+	DefaultMaxConnsPerIP    = 0 // none: many clients share one address behind NAT
 )
+
+// DefaultOptions returns Options holding every default: the gateway's
+// configuration starts from them, so each default is defined here only.
+// New also fills a zero timeout, MaxAuthFailures or MaxErrors with its
+// default; a zero AuthFailureDelay, MaxConns or MaxConnsPerIP is a value
+// (no delay, no limit).
+func DefaultOptions() Options {
+	return Options{
+		IdleTimeout:      DefaultIdleTimeout,
+		LoginTimeout:     DefaultLoginTimeout,
+		WriteTimeout:     DefaultWriteTimeout,
+		CommandTimeout:   DefaultCommandTimeout,
+		AuthFailureDelay: DefaultAuthFailureDelay,
+		MaxAuthFailures:  DefaultMaxAuthFailures,
+		MaxErrors:        DefaultMaxErrors,
+		MaxConns:         DefaultMaxConns,
+		MaxConnsPerIP:    DefaultMaxConnsPerIP,
+		Implementation:   "popgate",
+	}
+}
 
 func (o Options) withDefaults() Options {
 	def := func(d *time.Duration, v time.Duration) {
@@ -100,7 +122,6 @@ func (o Options) withDefaults() Options {
 	def(&o.LoginTimeout, DefaultLoginTimeout)
 	def(&o.WriteTimeout, DefaultWriteTimeout)
 	def(&o.CommandTimeout, DefaultCommandTimeout)
-	def(&o.AuthFailureDelay, DefaultAuthFailureDelay)
 	if o.AuthFailureDelay < 0 {
 		o.AuthFailureDelay = 0
 	}

@@ -199,6 +199,9 @@ func (ss *session) dispatch(line []byte) act {
 			r, err = cmd.run(ss, a)
 		}
 	}
+	if cmd != nil && cmd.secret {
+		ss.conn.lr.wipe()
+	}
 	return ss.respond(r, err)
 }
 

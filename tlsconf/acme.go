@@ -4,17 +4,19 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
+
+	"github.com/popgate/popgate/internal/netconf"
 )
 
 // Challenge types accepted in tls.acme.challenge.
@@ -29,26 +31,32 @@ const LetsEncryptProduction = "https://acme-v02.api.letsencrypt.org/directory"
 // acmeTLS1Protocol is the ALPN protocol of TLS-ALPN-01 (RFC 8737 §6.2).
 const acmeTLS1Protocol = "acme-tls/1"
 
-// ACMEConfig is the `tls.acme:` section.
+// DefaultACMEStorage is where ACME state lives when storage is not set.
+const DefaultACMEStorage = "/var/lib/popgate/acme"
+
+// ACMEConfig is the `tls.acme:` section of the configuration file, decoded
+// there as it is: this is the one definition of the ACME settings. Empty
+// values take the defaults the methods below resolve.
 type ACMEConfig struct {
 	// Domains are the names to obtain certificates for; the first one is
-	// served to clients that send no SNI.
+	// served to clients that send no SNI. Required.
 	Domains []string `yaml:"domains"`
 	// Email is the ACME account contact (optional but recommended).
 	Email string `yaml:"email"`
-	// CA is the ACME directory URL. Empty: Let's Encrypt production.
+	// CA is the ACME directory URL (https, RFC 8555 §6.1). Empty: Let's
+	// Encrypt production.
 	CA string `yaml:"ca"`
 	// CARoot is a PEM file of an extra root trusted for the CA's HTTPS
 	// endpoint (private CAs, Pebble in tests).
 	CARoot string `yaml:"ca_root"`
 	// Storage is the folder where certificates, keys and the account live.
-	// Empty: certmagic's default folder under the user's home.
+	// Empty: DefaultACMEStorage.
 	Storage string `yaml:"storage"`
-	// Challenge is "tls-alpn" (default) or "http".
+	// Challenge is "tls-alpn" (the default) or "http".
 	Challenge string `yaml:"challenge"`
-	// HTTPAddress is where HTTP-01 is answered with challenge "http",
-	// e.g. ":80" (the default). The CA always connects to port 80 unless
-	// a proxy forwards it.
+	// HTTPAddress is where HTTP-01 is answered with challenge "http"
+	// (default ":80"). The CA always connects to port 80 unless a proxy
+	// forwards it.
 	HTTPAddress string `yaml:"http_address"`
 	// TLSALPNAddress is where certmagic answers TLS-ALPN-01 during a
 	// challenge when nothing else listens there (default ":443"; the CA
@@ -57,44 +65,73 @@ type ACMEConfig struct {
 	TLSALPNAddress string `yaml:"tls_alpn_address"`
 }
 
-func (a *ACMEConfig) challenge() string {
+// Directory is the ACME directory URL in use.
+func (a *ACMEConfig) Directory() string {
+	if a.CA == "" {
+		return LetsEncryptProduction
+	}
+	return a.CA
+}
+
+// ChallengeType is the challenge in use: ChallengeTLSALPN or ChallengeHTTP.
+func (a *ACMEConfig) ChallengeType() string {
 	if a.Challenge == "" {
 		return ChallengeTLSALPN
 	}
 	return a.Challenge
 }
 
-func (a *ACMEConfig) validate() []error {
-	var errs []error
-	if len(a.Domains) == 0 {
-		errs = append(errs, errors.New("tls.acme.domains: at least one domain is required"))
+// StorageDir is the folder in use for certificates, keys and the account.
+func (a *ACMEConfig) StorageDir() string {
+	if a.Storage == "" {
+		return DefaultACMEStorage
 	}
-	for _, d := range a.Domains {
-		if d == "" || net.ParseIP(d) != nil {
-			errs = append(errs, fmt.Errorf("tls.acme.domains: %q is not a DNS name", d))
+	return a.Storage
+}
+
+// check reports the problems of the acme section by key relative to it.
+func (a *ACMEConfig) check(add func(key, format string, args ...any)) {
+	if len(a.Domains) == 0 {
+		add("domains", "at least one domain is required")
+	}
+	for i, d := range a.Domains {
+		if d == "" || strings.ContainsAny(d, " /:@") || net.ParseIP(d) != nil {
+			add(fmt.Sprintf("domains[%d]", i), "%q is not a DNS name", d)
 		}
 	}
 	if a.CA != "" {
-		if u, err := url.Parse(a.CA); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
-			errs = append(errs, fmt.Errorf("tls.acme.ca: %q is not an http(s) URL", a.CA))
+		// RFC 8555 §6.1: ACME is spoken over HTTPS only.
+		if u, err := url.Parse(a.CA); err != nil || u.Scheme != "https" || u.Host == "" {
+			add("ca", "%q is not an https:// directory URL", a.CA)
+		}
+	}
+	if a.CARoot != "" {
+		if err := checkFile(a.CARoot); err != nil {
+			add("ca_root", "%v", err)
 		}
 	}
 	switch a.Challenge {
-	case "", ChallengeTLSALPN, ChallengeHTTP:
+	case "", ChallengeTLSALPN:
+		if a.HTTPAddress != "" {
+			add("http_address", "only used with challenge: http")
+		}
+		if a.TLSALPNAddress != "" {
+			if err := netconf.CheckAddress(a.TLSALPNAddress); err != nil {
+				add("tls_alpn_address", "%v", err)
+			}
+		}
+	case ChallengeHTTP:
+		if a.HTTPAddress != "" {
+			if err := netconf.CheckAddress(a.HTTPAddress); err != nil {
+				add("http_address", "%v", err)
+			}
+		}
+		if a.TLSALPNAddress != "" {
+			add("tls_alpn_address", "only used with challenge: tls-alpn")
+		}
 	default:
-		errs = append(errs, fmt.Errorf("tls.acme.challenge: %q: want tls-alpn or http", a.Challenge))
+		add("challenge", "unknown challenge %q (want tls-alpn or http)", a.Challenge)
 	}
-	if a.HTTPAddress != "" {
-		if _, _, err := net.SplitHostPort(a.HTTPAddress); err != nil {
-			errs = append(errs, fmt.Errorf("tls.acme.http_address: %w", err))
-		}
-	}
-	if a.TLSALPNAddress != "" {
-		if _, _, err := net.SplitHostPort(a.TLSALPNAddress); err != nil {
-			errs = append(errs, fmt.Errorf("tls.acme.tls_alpn_address: %w", err))
-		}
-	}
-	return errs
 }
 
 // acmeState is the certmagic side of a Manager.
@@ -135,13 +172,10 @@ func (m *Manager) startACME(ctx context.Context) error {
 			return fmt.Errorf("tls.acme.ca_root %s: no PEM certificate found", a.CARoot)
 		}
 	}
-	var storage certmagic.Storage = certmagic.Default.Storage
-	if a.Storage != "" {
-		if err := os.MkdirAll(a.Storage, 0o700); err != nil {
-			return fmt.Errorf("tls.acme.storage: %w", err)
-		}
-		storage = &certmagic.FileStorage{Path: a.Storage}
+	if err := os.MkdirAll(a.StorageDir(), 0o700); err != nil {
+		return fmt.Errorf("tls.acme.storage: %w", err)
 	}
+	storage := &certmagic.FileStorage{Path: a.StorageDir()}
 
 	var magic *certmagic.Config
 	s.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -162,18 +196,15 @@ func (m *Manager) startACME(ctx context.Context) error {
 	s.magic = magic
 
 	tmpl := certmagic.ACMEIssuer{
-		CA:                      a.CA,
+		CA:                      a.Directory(),
 		Email:                   a.Email,
 		Agreed:                  true, // configuring a CA is agreeing to its terms
 		TrustedRoots:            roots,
-		DisableHTTPChallenge:    a.challenge() != ChallengeHTTP,
-		DisableTLSALPNChallenge: a.challenge() != ChallengeTLSALPN,
+		DisableHTTPChallenge:    a.ChallengeType() != ChallengeHTTP,
+		DisableTLSALPNChallenge: a.ChallengeType() != ChallengeTLSALPN,
 		Logger:                  zl,
 	}
-	if tmpl.CA == "" {
-		tmpl.CA = LetsEncryptProduction
-	}
-	switch a.challenge() {
+	switch a.ChallengeType() {
 	case ChallengeHTTP:
 		addr := a.HTTPAddress
 		if addr == "" {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -43,30 +44,57 @@ func (c Config) IsZero() bool {
 	return c.CertFile == "" && c.KeyFile == "" && c.ACME == nil
 }
 
-// Validate returns every problem in c, each naming its configuration key
-// (tls.cert_file, tls.acme.domains, …). It does not read files: New does.
-func (c Config) Validate() []error {
-	var errs []error
+// Check reports every problem of c to add, by key relative to the tls
+// section ("cert_file", "acme.domains[0]"; "" for the section itself). It
+// checks that the files exist but does not read them: New does. The
+// configuration file's checks and New both use it, so they cannot disagree.
+func (c Config) Check(add func(key, format string, args ...any)) {
 	if _, err := ParseVersion(c.MinVersion); err != nil {
-		errs = append(errs, fmt.Errorf("tls.min_version: %q: want 1.0, 1.1, 1.2 or 1.3", c.MinVersion))
+		add("min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", c.MinVersion)
 	}
 	static := c.CertFile != "" || c.KeyFile != ""
 	switch {
 	case static && c.ACME != nil:
-		errs = append(errs, errors.New("tls.acme: exclusive with tls.cert_file/tls.key_file; set one or the other"))
-	case c.ACME != nil:
-		errs = append(errs, c.ACME.validate()...)
+		add("", "use either cert_file/key_file or acme, not both")
+	case !static && c.ACME == nil:
+		add("", "set cert_file and key_file, or acme")
 	case static:
-		if c.CertFile == "" {
-			errs = append(errs, errors.New("tls.cert_file: required with tls.key_file"))
-		}
-		if c.KeyFile == "" {
-			errs = append(errs, errors.New("tls.key_file: required with tls.cert_file"))
+		for _, f := range []struct{ key, other, path string }{{"cert_file", "key_file", c.CertFile}, {"key_file", "cert_file", c.KeyFile}} {
+			if f.path == "" {
+				add(f.key, "required with %s", f.other)
+			} else if err := checkFile(f.path); err != nil {
+				add(f.key, "%v", err)
+			}
 		}
 	default:
-		errs = append(errs, errors.New("tls.cert_file: required with tls.key_file, unless tls.acme is set"))
+		c.ACME.check(func(key, format string, args ...any) { add("acme."+key, format, args...) })
 	}
+}
+
+// Validate returns every problem of c as errors naming the key
+// (tls.cert_file, tls.acme.domains[0], …).
+func (c Config) Validate() []error {
+	var errs []error
+	c.Check(func(key, format string, args ...any) {
+		k := "tls"
+		if key != "" {
+			k += "." + key
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", k, fmt.Sprintf(format, args...)))
+	})
 	return errs
+}
+
+// checkFile checks that a file exists and can be opened.
+func checkFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if pe, ok := err.(*os.PathError); ok {
+			return fmt.Errorf("%s: %v", path, pe.Err)
+		}
+		return err
+	}
+	return f.Close()
 }
 
 // Option tunes a Manager; the zero set of options is the production default.
@@ -137,7 +165,7 @@ func New(ctx context.Context, c Config, log zerolog.Logger, opts ...Option) (*Ma
 
 func (m *Manager) newTLSConfig(minV uint16) *tls.Config {
 	protos := []string{ALPNProtocol}
-	if m.cfg.ACME != nil && m.cfg.ACME.challenge() == ChallengeTLSALPN {
+	if m.cfg.ACME != nil && m.cfg.ACME.ChallengeType() == ChallengeTLSALPN {
 		protos = append(protos, acmeTLS1Protocol)
 	}
 	cfg := &tls.Config{

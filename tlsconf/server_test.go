@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -242,22 +244,31 @@ func TestCloseStopsWatcher(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	dir := t.TempDir()
+	c, k := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
+	for _, f := range []string{c, k} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name string
 		c    Config
 		want []string // substrings, one per expected error
 	}{
-		{"static ok", Config{CertFile: "c", KeyFile: "k"}, nil},
+		{"static ok", Config{CertFile: c, KeyFile: k}, nil},
 		{"acme ok", Config{ACME: &ACMEConfig{Domains: []string{"pop.example.com"}}}, nil},
-		{"empty", Config{}, []string{"tls.cert_file"}},
-		{"cert only", Config{CertFile: "c"}, []string{"tls.key_file"}},
-		{"key only", Config{KeyFile: "k"}, []string{"tls.cert_file"}},
-		{"bad version", Config{CertFile: "c", KeyFile: "k", MinVersion: "1.4"}, []string{"tls.min_version"}},
-		{"both", Config{CertFile: "c", KeyFile: "k", ACME: &ACMEConfig{Domains: []string{"a.example"}}}, []string{"tls.acme"}},
+		{"empty", Config{}, []string{"tls: set cert_file and key_file, or acme"}},
+		{"cert only", Config{CertFile: c}, []string{"tls.key_file: required with cert_file"}},
+		{"key only", Config{KeyFile: k}, []string{"tls.cert_file: required with key_file"}},
+		{"missing file", Config{CertFile: c, KeyFile: k + ".nope"}, []string{"tls.key_file: " + k + ".nope: no such file"}},
+		{"bad version", Config{CertFile: c, KeyFile: k, MinVersion: "1.4"}, []string{"tls.min_version"}},
+		{"both", Config{CertFile: c, KeyFile: k, ACME: &ACMEConfig{Domains: []string{"a.example"}}}, []string{"tls: use either"}},
 		{"acme everything wrong", Config{MinVersion: "ssl3", ACME: &ACMEConfig{
-			CA: "ftp://x", Challenge: "dns", HTTPAddress: "80", TLSALPNAddress: "443"}},
-			[]string{"tls.min_version", "tls.acme.domains", "tls.acme.ca", "tls.acme.challenge", "tls.acme.http_address", "tls.acme.tls_alpn_address"}},
-		{"acme ip domain", Config{ACME: &ACMEConfig{Domains: []string{"192.0.2.1"}}}, []string{"tls.acme.domains"}},
+			CA: "http://x", Challenge: "http", HTTPAddress: "80", TLSALPNAddress: "443"}},
+			[]string{"tls.min_version", "tls.acme.domains", "tls.acme.ca", "tls.acme.http_address", "tls.acme.tls_alpn_address: only used with challenge: tls-alpn"}},
+		{"acme bad challenge", Config{ACME: &ACMEConfig{Domains: []string{"a.example"}, Challenge: "dns"}}, []string{"tls.acme.challenge"}},
+		{"acme ip domain", Config{ACME: &ACMEConfig{Domains: []string{"192.0.2.1"}}}, []string{"tls.acme.domains[0]"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errs := tc.c.Validate()

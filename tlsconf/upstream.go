@@ -45,13 +45,8 @@ func (u Upstream) Check(tlsOn bool, add func(key, format string, args ...any)) {
 		add("min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", u.MinVersion)
 	}
 	if u.CAFile != "" {
-		if f, err := os.Open(u.CAFile); err != nil {
-			if pe, ok := err.(*os.PathError); ok {
-				err = fmt.Errorf("%s: %v", u.CAFile, pe.Err)
-			}
+		if err := checkFile(u.CAFile); err != nil {
 			add("ca_file", "%v", err)
-		} else {
-			f.Close()
 		}
 	}
 	if !tlsOn && (u.CAFile != "" || u.ServerName != "" || u.InsecureSkipVerify || u.MinVersion != "") {

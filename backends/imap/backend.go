@@ -43,6 +43,7 @@ type Backend struct {
 	chunk    int
 	pools    []bufPool  // ascending sizes; the last is chunk octets
 	cache    *snapCache // nil when disabled
+	pool     *warmPool  // nil when reuse is off
 
 	warnNoUIDPlus sync.Once
 
@@ -72,6 +73,7 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 		keyword:  imap.Flag(cfg.Delete.Keyword),
 		chunk:    cfg.ChunkSize,
 		cache:    newSnapCache(cfg.SnapshotCache),
+		pool:     newWarmPool(cfg.Reuse),
 	}
 	for size := 16 << 10; size < b.chunk; size *= 4 {
 		b.pools = append(b.pools, newBufPool(size))
@@ -227,12 +229,29 @@ func (b *Backend) connect(ctx context.Context) (*imapclient.Client, net.Conn, er
 func (b *Backend) login(ctx context.Context, c backends.Credentials, token string) (backends.Mailbox, error) {
 	log := b.log.With().Str("user", c.Username).Logger()
 	start := time.Now()
+	var poolKey string
+	if b.pool != nil {
+		secret := c.Password
+		if token != "" {
+			secret = "bearer\x00" + token
+		}
+		poolKey = b.pool.key(c.Username, secret)
+		if w := b.pool.take(poolKey); w != nil {
+			m := &Mailbox{b: b, c: w.m.c, conn: w.m.conn, log: log, user: c.Username, caps: w.m.caps, poolKey: poolKey, loggedIn: w.loggedIn}
+			if err := m.revalidate(ctx); err == nil {
+				log.Debug().Dur("took", time.Since(start)).Msg("upstream session reused")
+				return m, nil
+			}
+			log.Debug().Msg("warm upstream session failed its NOOP: fresh login")
+			m.logout()
+		}
+	}
 	cl, conn, err := b.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
 
-	m := &Mailbox{b: b, c: cl, conn: conn, log: log, user: c.Username}
+	m := &Mailbox{b: b, c: cl, conn: conn, log: log, user: c.Username, poolKey: poolKey}
 	err = m.guard(ctx, "login", func() error {
 		caps := cl.Caps()
 		if caps == nil {
@@ -278,6 +297,7 @@ func (b *Backend) login(ctx context.Context, c backends.Credentials, token strin
 		}
 		return nil, err
 	}
+	m.loggedIn = time.Now()
 	log.Debug().Dur("took", time.Since(start)).Msg("upstream login")
 	return m, nil
 }
@@ -342,12 +362,15 @@ func (b *Backend) putBuf(buf *[]byte) {
 	}
 }
 
-// Close implements backends.Backend: it drops the snapshot cache. Every
-// session holds its own upstream connection, closed with its Mailbox, so
-// nothing else is open.
+// Close implements backends.Backend: it drops the snapshot cache and logs
+// out the warm sessions (reuse). Every live session holds its own upstream
+// connection, closed (or parked) with its Mailbox.
 func (b *Backend) Close() error {
 	if b.cache != nil {
 		b.cache.c.Purge()
+	}
+	if b.pool != nil {
+		b.pool.close()
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package imap
 import (
 	"encoding/binary"
 	"slices"
+	"sort"
 	"strconv"
 	"sync/atomic"
 
@@ -46,15 +47,28 @@ type snapEntry struct {
 	n           int      // messages listed
 	data        []byte   // uvarint(uid - previous uid), uvarint(RFC822.SIZE), … in UID order: the POP3 numbering
 	seen        []uint64 // bit i: message i had \Seen (a RETR need not set it)
+	// index finds a message by UID without decoding the list from its
+	// start: for block b of indexBlock messages, index[2b] is the UID
+	// before the block's first message (0 for the first block) and
+	// index[2b+1] where the block starts in data. 8 octets per block.
+	index []uint32
 }
+
+// indexBlock is the number of messages per index entry: a lookup decodes
+// at most this many.
+const indexBlock = 64
 
 // pack stores the listing: uids ascending and unique, sizes and seen
 // alongside.
 func (e *snapEntry) pack(uids, sizes []uint32, seen []bool) {
 	e.n = len(uids)
 	e.data = make([]byte, 0, 2*len(uids)+binary.MaxVarintLen32)
+	e.index = make([]uint32, 0, 2*((len(uids)+indexBlock-1)/indexBlock))
 	prev := uint32(0)
 	for i, uid := range uids {
+		if i%indexBlock == 0 {
+			e.index = append(e.index, prev, uint32(len(e.data)))
+		}
 		e.data = binary.AppendUvarint(e.data, uint64(uid-prev))
 		e.data = binary.AppendUvarint(e.data, uint64(sizes[i]))
 		prev = uid
@@ -83,19 +97,39 @@ func (e *snapEntry) each(f func(i int, uid, size uint32) bool) {
 	}
 }
 
-// isSeen reports whether uid had \Seen when e was listed.
+// isSeen reports whether uid had \Seen when e was listed. It is asked
+// after every complete RETR: it decodes at most indexBlock entries.
 func (e *snapEntry) isSeen(uid uint32) bool {
 	if e == nil {
 		return false
 	}
-	seen := false
-	e.each(func(i int, u, _ uint32) bool {
-		if u == uid {
-			seen = e.seen[i/64]&(1<<(i%64)) != 0
+	i, ok, _ := e.find(uid)
+	return ok && e.seen[i/64]&(1<<(i%64)) != 0
+}
+
+// find returns the index of the message with UID uid, whether it is
+// listed, and how many entries it decoded to know.
+func (e *snapEntry) find(uid uint32) (int, bool, int) {
+	blocks := len(e.index) / 2
+	// The first block whose successor starts after uid holds it, if any.
+	b := sort.Search(blocks, func(b int) bool { return b+1 == blocks || e.index[2*(b+1)] >= uid })
+	if b == blocks {
+		return 0, false, 0
+	}
+	u, p := e.index[2*b], int(e.index[2*b+1])
+	decoded := 0
+	for i := b * indexBlock; i < e.n && i < (b+1)*indexBlock; i++ {
+		d, k := binary.Uvarint(e.data[p:])
+		p += k
+		_, k = binary.Uvarint(e.data[p:])
+		p += k
+		u += uint32(d)
+		decoded++
+		if u >= uid {
+			return i, u == uid, decoded
 		}
-		return u < uid
-	})
-	return seen
+	}
+	return 0, false, decoded
 }
 
 func newSnapCache(n int) *snapCache {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/netconf"
@@ -54,6 +55,8 @@ type Config struct {
 	// it such servers get \Deleted only, and one warning per backend
 	// (DESIGN invariant 2).
 	AllowPlainExpunge bool `yaml:"allow_plain_expunge"`
+	// Reuse keeps upstream sessions warm after QUIT (off by default).
+	Reuse Reuse `yaml:"reuse"`
 
 	// Name is the backend's name in the file (logs, lock key prefix); set
 	// by Build.
@@ -64,6 +67,29 @@ type Config struct {
 	// literal open; memory per RETR is one chunk.
 	ChunkSize int `yaml:"-"`
 }
+
+// Reuse configures warm upstream sessions: after a POP3 session ends
+// cleanly, its authenticated IMAP connection is kept for the next login of
+// the same upstream user with the same credential, which then skips
+// connect, TLS, LOGIN and the auth process upstream. Off while Max is 0
+// (the default). The trade-off: a password changed or revoked upstream is
+// noticed only when the warm connection ends (at most MaxAge after the
+// login that opened it).
+type Reuse struct {
+	// Idle is how long a warm connection waits for its next login.
+	Idle time.Duration `yaml:"idle"`
+	// MaxAge is how long after its LOGIN a connection may be reused.
+	MaxAge time.Duration `yaml:"max_age"`
+	// Max is how many warm connections the backend keeps (the least
+	// recently used is logged out first); 0 turns reuse off.
+	Max int `yaml:"max"`
+}
+
+// Defaults of Reuse.
+const (
+	DefaultReuseIdle   = 60 * time.Second
+	DefaultReuseMaxAge = 10 * time.Minute
+)
 
 // DefaultConfig returns an IMAP configuration holding every default; the
 // file's section is decoded over it. Address and TLS have none.
@@ -80,6 +106,7 @@ func DefaultConfig() Config {
 		Mailbox:      DefaultMailbox,
 		UIDLTemplate: DefaultUIDLTemplate,
 		ChunkSize:    DefaultChunkSize,
+		Reuse:        Reuse{Idle: DefaultReuseIdle, MaxAge: DefaultReuseMaxAge},
 	}
 }
 
@@ -108,6 +135,15 @@ func (c *Config) Check(k *backends.Checker) {
 	if _, err := parseUIDLTemplate(c.UIDLTemplate); err != nil {
 		k.Add("uidl_template", "%v", err)
 	}
+	if c.Reuse.Max < 0 {
+		k.Add("reuse.max", "must not be negative (0 turns reuse off)")
+	}
+	if c.Reuse.Max > 0 && c.Reuse.Idle <= 0 {
+		k.Add("reuse.idle", "must be more than 0")
+	}
+	if c.Reuse.Max > 0 && c.Reuse.MaxAge <= 0 {
+		k.Add("reuse.max_age", "must be more than 0")
+	}
 	if c.ChunkSize < 4096 {
 		k.Add("", "chunk size %d: must be at least 4096", c.ChunkSize)
 	}
@@ -115,7 +151,11 @@ func (c *Config) Check(k *backends.Checker) {
 
 // Summary implements backends.Config.
 func (c *Config) Summary() string {
-	return fmt.Sprintf("%s (tls %s%s), mailbox %s, %s", c.Address, c.TLS, c.Upstream.Summary(), c.Mailbox, c.Store.Summary())
+	s := fmt.Sprintf("%s (tls %s%s), mailbox %s, %s", c.Address, c.TLS, c.Upstream.Summary(), c.Mailbox, c.Store.Summary())
+	if c.Reuse.Max > 0 {
+		s += fmt.Sprintf(", reuse: up to %d warm sessions (idle %s, max age %s)", c.Reuse.Max, c.Reuse.Idle, c.Reuse.MaxAge)
+	}
+	return s
 }
 
 // Build implements backends.Config.

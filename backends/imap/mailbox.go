@@ -42,6 +42,9 @@ type Mailbox struct {
 	broken  error // set when the connection is unusable
 	reader  io.Closer
 	closed  bool
+
+	poolKey  string    // with reuse on: the warm pool key of this user and credential
+	loggedIn time.Time // when the upstream accepted the credential (reuse max_age)
 }
 
 var (
@@ -437,7 +440,9 @@ func (m *Mailbox) queueSeen() {
 		&imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagSeen}}, nil))
 }
 
-// Close logs out (no CLOSE, which would expunge) and closes the connection.
+// Close logs out (no CLOSE, which would expunge) and closes the connection;
+// with reuse on, a healthy connection is parked for the next login of the
+// same user and credential instead (its \Seen STORE completed first).
 func (m *Mailbox) Close() error {
 	if m.closed {
 		return nil
@@ -446,6 +451,32 @@ func (m *Mailbox) Close() error {
 		m.reader.Close()
 	}
 	m.closed = true
+	if m.park() {
+		return nil
+	}
+	m.logout()
+	return nil
+}
+
+// park hands a healthy connection to the warm pool and reports whether it
+// did. The session's state (snapshot, marks) stays behind: the next
+// session selects the mailbox afresh.
+func (m *Mailbox) park() bool {
+	p := m.b.pool
+	if p == nil || m.poolKey == "" || m.broken != nil {
+		return false
+	}
+	m.queueSeen()
+	if err := m.guard(context.Background(), "complete session", func() error { return nil }); err != nil {
+		return false // guard marked it broken; logout just closes it
+	}
+	shell := &Mailbox{b: m.b, c: m.c, conn: m.conn, log: m.b.log, user: m.user, caps: m.caps}
+	p.put(m.poolKey, &warmConn{m: shell, loggedIn: m.loggedIn})
+	return true
+}
+
+// logout ends the upstream session and closes the connection.
+func (m *Mailbox) logout() {
 	if m.broken == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), min(m.b.cfg.CommandTimeout, 5*time.Second))
 		defer cancel()
@@ -457,5 +488,4 @@ func (m *Mailbox) Close() error {
 		stop()
 	}
 	m.c.Close()
-	return nil
 }

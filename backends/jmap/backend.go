@@ -48,33 +48,30 @@ type Backend struct {
 
 var _ backends.Backend = (*Backend)(nil)
 
-// New checks cfg, applies the defaults and returns the backend. It warns
+// New checks cfg, applies the defaults to zero values (a Config built in
+// code; a file's section starts from DefaultConfig) and returns the
+// backend. It warns
 // once when the URL is plain http to a host that is not loopback, and
 // when certificate verification is off.
 func New(cfg Config, log zerolog.Logger) (*Backend, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	if cfg.CommandTimeout == 0 {
-		cfg.CommandTimeout = DefaultCommandTimeout
+		cfg.CommandTimeout = backends.DefaultCommandTimeout
 	}
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
+		cfg.DialTimeout = backends.DefaultDialTimeout
 	}
 	if cfg.Mailbox == "" && cfg.MailboxRole == "" {
 		cfg.MailboxRole = DefaultMailboxRole
 	}
 	if cfg.Delete.Policy == "" {
-		cfg.Delete.Policy = PolicyExpunge
+		cfg.Delete.Policy = backends.PolicyExpunge
 	}
-	if cfg.Delete.Policy == PolicyFlag && cfg.Delete.Keyword == "" {
-		cfg.Delete.Keyword = DefaultKeyword
+	if cfg.Delete.Keyword == "" {
+		cfg.Delete.Keyword = backends.DefaultDeleteKeyword
 	}
-	if cfg.Delete.Policy == PolicyMove && cfg.Delete.Folder == "" {
-		cfg.Delete.Folder = DefaultMoveFolder
-	}
-	if cfg.SnapshotCache == 0 {
-		cfg.SnapshotCache = DefaultSnapshotCache
+	cfg.Store = cfg.store()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
@@ -83,7 +80,7 @@ func New(cfg Config, log zerolog.Logger) (*Backend, error) {
 	b := &Backend{
 		cfg:      cfg,
 		log:      log.With().Str("backend", cfg.Name).Logger(),
-		markSeen: cfg.MarkSeen == nil || *cfg.MarkSeen,
+		markSeen: cfg.MarkSeen,
 		cache:    newSnapCache(cfg.SnapshotCache),
 	}
 	b.crlfExtra, _ = lru.New[string, int64](4096)

@@ -12,10 +12,12 @@ import (
 )
 
 // snapEntry is one maildrop's listing: the mailbox, the Email state it was
-// listed at (RFC 8620 §5.1 state, the token Email/changes starts from),
-// and per message, in POP3 order, its id, blobId and size. Ids and blobIds
-// are packed into one string ("id blobId" back to back), so a listing costs
-// its text plus 12 octets a message. Entries are never modified once built
+// listed at (RFC 8620 §5.1 state),
+// and per message, in POP3 order, its id, blobId, size and whether it had
+// $seen. Ids and blobIds are packed into one string ("id blobId" back to
+// back, the separator '+' instead of ' ' when the message had $seen; JMAP
+// ids never hold either, RFC 8620 §1.2), so a listing costs its text plus
+// 12 octets a message. Entries are never modified once built
 // (a change builds a new one), so sessions and the cache share them.
 type snapEntry struct {
 	mailboxID string
@@ -44,10 +46,14 @@ type entryBuilder struct {
 	sizes []uint32
 }
 
-func (b *entryBuilder) add(id, blobID string, size uint32) {
+func (b *entryBuilder) add(id, blobID string, size uint32, seen bool) {
 	b.buf = append(b.buf, id...)
 	b.ends = append(b.ends, uint32(len(b.buf)))
-	b.buf = append(b.buf, ' ')
+	if seen {
+		b.buf = append(b.buf, '+')
+	} else {
+		b.buf = append(b.buf, ' ')
+	}
 	b.buf = append(b.buf, blobID...)
 	b.ends = append(b.ends, uint32(len(b.buf)))
 	b.sizes = append(b.sizes, size)
@@ -57,14 +63,20 @@ func (b *entryBuilder) entry(mailboxID, state string) *snapEntry {
 	return &snapEntry{mailboxID: mailboxID, state: state, data: string(b.buf), ends: b.ends, sizes: b.sizes}
 }
 
+// refSeen reports whether the message of ref had $seen when listed.
+func refSeen(ref string) bool {
+	i := strings.IndexAny(ref, " +")
+	return i >= 0 && ref[i] == '+'
+}
+
 // without returns a copy of e without the messages whose ids are in drop,
-// at the Email state state.
-func (e *snapEntry) without(drop map[string]bool, state string) *snapEntry {
+// those in seen marked $seen, at the Email state state.
+func (e *snapEntry) without(drop, seen map[string]bool, state string) *snapEntry {
 	var b entryBuilder
 	for i := 0; i < e.len(); i++ {
-		id, blob, _, size := e.at(i)
+		id, blob, ref, size := e.at(i)
 		if !drop[id] {
-			b.add(id, blob, uint32(size))
+			b.add(id, blob, uint32(size), seen[id] || refSeen(ref))
 		}
 	}
 	return b.entry(e.mailboxID, state)
@@ -122,9 +134,11 @@ const correctedMark = " c"
 func refCorrected(ref string) bool { return strings.HasSuffix(ref, correctedMark) }
 
 // snapCache keeps the last listing of each maildrop (least recently used
-// evicted). A login reuses an entry only when Email/changes since its state
-// reports no change at all (RFC 8620 §5.2); the session's own Email/set
-// moves the entry forward when nothing else changed in between.
+// evicted). A login reuses an entry only when the account's Email state is
+// still the entry's (RFC 8620 §5.1: the state changes with any change to
+// any Email, so an equal state is what an Email/changes without changes
+// would prove); the session's own Email/set moves the entry forward when
+// nothing else changed in between.
 type snapCache struct {
 	c    *lru.Cache[string, *snapEntry]
 	hits atomic.Int64

@@ -6,23 +6,17 @@ import (
 	"net"
 	"net/url"
 	"strings"
-	"time"
 
+	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/tlsconf"
 )
 
 // Defaults applied by New for zero values.
 const (
-	DefaultCommandTimeout = 30 * time.Second
-	DefaultDialTimeout    = 10 * time.Second
-	DefaultMailboxRole    = "inbox"
-	DefaultKeyword        = "$POP3Deleted"
+	DefaultMailboxRole = "inbox"
 	// DefaultMoveFolder is the target of policy move without a folder:
 	// the mailbox with the trash role (RFC 8621 §2, RFC 8457).
 	DefaultMoveFolder = "role:trash"
-	// DefaultSnapshotCache is how many maildrops' listings the snapshot
-	// cache keeps.
-	DefaultSnapshotCache = 10000
 	// MaxResponse bounds every API (JSON) response body; a larger one is
 	// an error, never read whole into memory anyway (responses are decoded
 	// as a stream).
@@ -31,107 +25,90 @@ const (
 	maxSessionResponse = 1 << 20
 )
 
-// Delete policies (the keys every store type shares).
-const (
-	PolicyExpunge = "expunge"
-	PolicyMove    = "move"
-	PolicyFlag    = "flag"
-	PolicyKeep    = "keep"
-)
+// Type is the jmap store type: `type: jmap` in a backend section.
+var Type = backends.Type{Name: "jmap", New: func() backends.Config { c := DefaultConfig(); return &c }}
 
-// Config is one JMAP backend (type: jmap).
+// Config is one JMAP backend: the keys of a `type: jmap` section.
 type Config struct {
-	Name string // backend name from the config (logs, lock key prefix)
 	// URL is the JMAP session resource (RFC 8620 §2), e.g.
 	// https://api.example.com/.well-known/jmap. http:// is accepted (a
 	// warning is logged once unless the host is a loopback address).
-	URL string
+	URL string `yaml:"url"`
 	// MailboxRole picks the maildrop by role (RFC 8621 §2, e.g. "inbox").
 	// Default "inbox" unless Mailbox is set; not both.
-	MailboxRole string
-	// Mailbox picks the maildrop by its name (the full name of a top-level
+	MailboxRole string `yaml:"mailbox_role"`
+	// Mailbox picks the maildrop by its name (the name of a top-level
 	// mailbox, or "Parent/Child" for a nested one).
-	Mailbox string
-	Delete  DeleteConfig
-	// MarkSeen nil = true: a complete RETR sets $seen (TOP never does), for
-	// all the session's messages in one Email/set at its end (QUIT, or
-	// Close after a dropped connection).
-	MarkSeen *bool
-	// CommandTimeout bounds each HTTP request (default 30s); a download
-	// gets it anew for every read of its body.
-	CommandTimeout time.Duration
-	// DialTimeout bounds connecting and the TLS handshake (default 10s).
-	DialTimeout time.Duration
-	// SnapshotCache is how many maildrops' listings are kept (least
-	// recently used evicted); an entry is reused when Email/changes says
-	// nothing changed since. 0 means DefaultSnapshotCache; negative
-	// disables.
-	SnapshotCache int
-	// Upstream holds ca_file, server_name, min_version,
-	// insecure_skip_verify (https only).
-	Upstream tlsconf.Upstream
+	Mailbox string `yaml:"mailbox"`
+	// Upstream holds the shared TLS keys of network stores (https only):
+	// server_name, ca_file, min_version, insecure_skip_verify.
+	tlsconf.Upstream `yaml:",inline"`
+	// Store holds the keys every store type shares: dial_timeout (connect
+	// and TLS handshake), command_timeout (each HTTP request; each read of
+	// a download's body gets it anew), mark_seen, snapshot_cache, delete
+	// (folder: a mailbox name, or role:NAME; default role:trash),
+	// uidl_header.
+	backends.Store `yaml:",inline"`
+
+	// Name is the backend's name in the file (logs, lock key prefix); set
+	// by Build.
+	Name string `yaml:"-"`
 }
 
-// DeleteConfig is what QUIT does to the messages the client deleted.
-type DeleteConfig struct {
-	Policy  string // "expunge" (default) | "move" | "flag" | "keep"
-	Folder  string // for move: a mailbox name, or role:NAME (default role:trash)
-	Keyword string // for flag; default "$POP3Deleted"
+// DefaultConfig returns a JMAP configuration holding every default; the
+// file's section is decoded over it. URL has none.
+//
+// Shared keys, as this type reads them: mark_seen sets $seen on the
+// messages fully RETRieved that the listing did not show $seen, in the
+// session's last Email/set; snapshot_cache keeps each maildrop's listing
+// (id, blobId, size: about 80 octets a message on Cyrus) and reuses it
+// while the account's Email state is unchanged.
+func DefaultConfig() Config {
+	return Config{Store: backends.DefaultStore()}
 }
 
-// Validate reports every problem of c, each naming its configuration key.
-func (c Config) Validate() error {
-	var errs []error
-	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+// store returns the shared keys with this type's own default: policy move
+// without a folder moves to the mailbox with the trash role.
+func (c *Config) store() backends.Store {
+	s := c.Store
+	if s.Delete.Policy == backends.PolicyMove && s.Delete.Folder == "" {
+		s.Delete.Folder = DefaultMoveFolder
+	}
+	return s
+}
+
+// Check implements backends.Config.
+func (c *Config) Check(k *backends.Checker) {
 	if c.URL == "" {
-		add("url is required (the JMAP session resource, e.g. https://host/.well-known/jmap)")
+		k.Add("url", "required (the JMAP session resource, e.g. https://host/.well-known/jmap)")
 	} else if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		add("url %q: want an http:// or https:// URL", c.URL)
+		k.Add("url", "%q: want an http:// or https:// URL", c.URL)
 	}
 	if c.Mailbox != "" && c.MailboxRole != "" {
-		add("mailbox and mailbox_role: set one, not both")
+		k.Add("mailbox", "set mailbox or mailbox_role, not both")
 	}
 	if c.MailboxRole != "" && !validRole(c.MailboxRole) {
-		add("mailbox_role %q: want a role name such as inbox (lowercase letters)", c.MailboxRole)
+		k.Add("mailbox_role", "%q: want a role name such as inbox (lowercase letters)", c.MailboxRole)
 	}
 	if strings.ContainsAny(c.Mailbox, "\r\n\x00") {
-		add("mailbox %q: control characters", c.Mailbox)
+		k.Add("mailbox", "%q holds control characters", c.Mailbox)
 	}
-	if _, err := tlsconf.ParseVersion(c.Upstream.MinVersion); err != nil {
-		add("min_version: %v", err)
-	}
-	if c.CommandTimeout < 0 {
-		add("command_timeout must not be negative")
-	}
-	if c.DialTimeout < 0 {
-		add("dial_timeout must not be negative")
-	}
-	switch c.Delete.Policy {
-	case "", PolicyExpunge, PolicyKeep:
-	case PolicyMove:
-		f := c.Delete.Folder
-		if strings.ContainsAny(f, "\r\n\x00") {
-			add("delete.folder %q: control characters", f)
-		} else if r, ok := strings.CutPrefix(f, "role:"); ok && !validRole(r) {
-			add("delete.folder %q: want role:NAME with a role such as trash", f)
-		} else if (f != "" && f == c.Mailbox) || (strings.HasPrefix(f, "role:") && strings.TrimPrefix(f, "role:") == c.role()) {
-			add("delete.folder %q is the mailbox itself", f)
+	u, _ := url.Parse(c.URL)
+	c.Upstream.Check(u != nil && u.Scheme == "https", k.Add)
+	st := c.store()
+	st.Check(k, checkKeyword)
+	if st.Delete.Policy == backends.PolicyMove {
+		f := st.Delete.Folder
+		if r, ok := strings.CutPrefix(f, "role:"); ok && !validRole(r) {
+			k.Add("delete.folder", "%q: want role:NAME with a role such as trash", f)
+		} else if (f == c.Mailbox) || (ok && r == c.role()) {
+			k.Add("delete.folder", "%q is the mailbox itself", f)
 		}
-	case PolicyFlag:
-		if k := c.Delete.Keyword; k != "" && !ValidKeyword(k) {
-			add("delete.keyword %q: not a JMAP keyword (RFC 8621 §4.1.1: 1-255 of 0x21-0x7E, none of ( ) { ] %% * \" \\)", k)
-		}
-	default:
-		add("delete.policy %q: want expunge, move, flag or keep", c.Delete.Policy)
 	}
-	if c.Delete.Folder != "" && c.Delete.Policy != PolicyMove {
-		add("delete.folder is only used by policy move")
-	}
-	if c.Delete.Keyword != "" && c.Delete.Policy != PolicyFlag {
-		add("delete.keyword is only used by policy flag")
-	}
-	return errors.Join(errs...)
 }
+
+// Validate runs Check outside a configuration file.
+func (c Config) Validate() error { return backends.CheckConfig(&c) }
 
 // role is the mailbox role used when no mailbox name is set.
 func (c Config) role() string {
@@ -144,31 +121,21 @@ func (c Config) role() string {
 	return c.MailboxRole
 }
 
-// Summary is the one line check-config prints for this backend.
-func (c Config) Summary() string {
-	where := "role " + c.role()
+// Summary implements backends.Config: the line check-config prints.
+func (c *Config) Summary() string {
+	where := "mailbox role " + c.role()
 	if c.Mailbox != "" {
 		where = fmt.Sprintf("mailbox %q", c.Mailbox)
 	}
-	pol := c.Delete.Policy
-	if pol == "" {
-		pol = PolicyExpunge
-	}
-	switch pol {
-	case PolicyMove:
-		f := c.Delete.Folder
-		if f == "" {
-			f = DefaultMoveFolder
-		}
-		pol += " to " + f
-	case PolicyFlag:
-		k := c.Delete.Keyword
-		if k == "" {
-			k = DefaultKeyword
-		}
-		pol += " " + k
-	}
-	return fmt.Sprintf("jmap %s, %s, delete %s", c.URL, where, pol)
+	st := c.store()
+	return fmt.Sprintf("%s%s, %s, %s", c.URL, c.Upstream.Summary(), where, st.Summary())
+}
+
+// Build implements backends.Config.
+func (c *Config) Build(env backends.Env) (backends.Backend, error) {
+	cfg := *c
+	cfg.Name = env.Name
+	return New(cfg, env.Log)
 }
 
 func validRole(r string) bool {
@@ -181,6 +148,13 @@ func validRole(r string) bool {
 		}
 	}
 	return true
+}
+
+func checkKeyword(k string) error {
+	if !ValidKeyword(k) {
+		return errors.New(`not a JMAP keyword (RFC 8621 §4.1.1: 1-255 of 0x21-0x7E, none of ( ) { ] % * " \)`)
+	}
+	return nil
 }
 
 // ValidKeyword reports whether k is a JMAP keyword (RFC 8621 §4.1.1: the

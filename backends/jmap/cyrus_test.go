@@ -105,13 +105,14 @@ func appendAt(c *imapclient.Client, mailbox string, raw []byte, at time.Time, fl
 	return err
 }
 
-func policyConfig(p backendtest.Policy) DeleteConfig {
-	d := DeleteConfig{Policy: p.Name, Keyword: p.Keyword, Folder: p.Folder}
-	return d
-}
-
 func (d *cyrusDrop) config(p backendtest.Policy) Config {
-	return Config{Name: "cyrus", URL: d.s.SessionURL(), Delete: policyConfig(p), CommandTimeout: 20 * time.Second}
+	c := DefaultConfig()
+	c.Name, c.URL, c.CommandTimeout = "cyrus", d.s.SessionURL(), 20*time.Second
+	c.Delete.Policy, c.Delete.Folder = p.Name, p.Folder
+	if p.Keyword != "" {
+		c.Delete.Keyword = p.Keyword
+	}
+	return c
 }
 
 // Backend reuses one backend per policy, so that later logins meet the
@@ -215,7 +216,9 @@ func (d *cyrusDrop) Expunge(t *testing.T, i int) {
 }
 
 func (d *cyrusDrop) Unreachable(t *testing.T) backends.Backend {
-	b, err := New(Config{URL: fmt.Sprintf("http://127.0.0.1:%d/.well-known/jmap", testutil.FreePort(t)), CommandTimeout: 5 * time.Second}, testLogger(t))
+	c := DefaultConfig()
+	c.URL, c.CommandTimeout = fmt.Sprintf("http://127.0.0.1:%d/.well-known/jmap", testutil.FreePort(t)), 5*time.Second
+	b, err := New(c, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

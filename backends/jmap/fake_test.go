@@ -64,7 +64,8 @@ func newFake(t *testing.T, msgs ...string) *fakeJMAP {
 func (f *fakeJMAP) count(kind string) int64 { return f.requests[kind].Load() }
 
 func (f *fakeJMAP) backend(t *testing.T, tweak func(*Config)) *Backend {
-	cfg := Config{Name: "fake", URL: f.srv.URL + "/.well-known/jmap", CommandTimeout: 5 * time.Second}
+	cfg := DefaultConfig()
+	cfg.Name, cfg.URL, cfg.CommandTimeout = "fake", f.srv.URL+"/.well-known/jmap", 5*time.Second
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -584,21 +585,30 @@ func TestUIDL(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{URL: "https://jmap.example.com/.well-known/jmap"}
+	ok := DefaultConfig()
+	ok.URL = "https://jmap.example.com/.well-known/jmap"
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []Config{
-		{},
-		{URL: "ftp://x/"},
-		{URL: "https://x/", Mailbox: "A", MailboxRole: "inbox"},
-		{URL: "https://x/", Delete: DeleteConfig{Policy: "flag", Keyword: "bad word"}},
-		{URL: "https://x/", Delete: DeleteConfig{Policy: "move", Folder: "role:inbox"}},
-		{URL: "https://x/", Delete: DeleteConfig{Policy: "expunge", Folder: "Trash"}},
-		{URL: "https://x/", Delete: DeleteConfig{Policy: "nuke"}},
+	for _, tweak := range []func(*Config){
+		func(c *Config) { c.URL = "" },
+		func(c *Config) { c.URL = "ftp://x/" },
+		func(c *Config) { c.Mailbox, c.MailboxRole = "A", "inbox" },
+		func(c *Config) { c.Delete.Policy, c.Delete.Keyword = "flag", "bad word" },
+		func(c *Config) { c.Delete.Policy, c.Delete.Folder = "move", "role:inbox" },
+		func(c *Config) { c.Delete.Folder = "Trash" },
+		func(c *Config) { c.Delete.Policy = "nuke" },
 	} {
+		c := ok
+		tweak(&c)
 		if c.Validate() == nil {
 			t.Errorf("%+v: accepted", c)
 		}
+	}
+	// policy move without a folder moves to the trash role.
+	mv := ok
+	mv.Delete.Policy = "move"
+	if err := mv.Validate(); err != nil || !strings.Contains(mv.Summary(), "move to role:trash") {
+		t.Fatalf("policy move without folder: %v, summary %q", err, mv.Summary())
 	}
 }

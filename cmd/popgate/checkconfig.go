@@ -22,7 +22,7 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	c, err := config.Load(*path, storeTypes)
 	if err == nil {
-		if ps := append(checkTLS(c), checkAccounts(c)...); len(ps) > 0 {
+		if ps := checkAccounts(c); len(ps) > 0 {
 			err = &config.FileError{Path: *path, Err: ps}
 		}
 	}
@@ -65,12 +65,8 @@ func summarize(w io.Writer, c *config.Config) {
 		fmt.Fprintf(w, "tls: none configured\n")
 	case c.TLS.ACME != nil:
 		a := c.TLS.ACME
-		ca := a.CA
-		if ca == "" {
-			ca = "Let's Encrypt"
-		}
 		fmt.Fprintf(w, "tls: ACME certificate for %s from %s (challenge %s, storage %s)\n",
-			strings.Join(a.Domains, ", "), ca, a.Challenge, a.Storage)
+			strings.Join(a.Domains, ", "), a.Directory(), a.ChallengeType(), a.StorageDir())
 	default:
 		fmt.Fprintf(w, "tls: certificate %s, key %s\n", c.TLS.CertFile, c.TLS.KeyFile)
 	}

@@ -74,13 +74,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	defer cert.Close()
 
-	srv := proxy.New(proxy.Options{
-		Backend:        router,
-		TLSConfig:      cert.ServerConfig(),
-		AllowPlaintext: false,
-		Implementation: "popgate-demo",
-		Logger:         log,
-	})
+	o := proxy.DefaultOptions()
+	o.Backend, o.TLSConfig, o.Implementation, o.Logger = router, cert.ServerConfig(), "popgate-demo", log
+	srv := proxy.New(o)
 	g := &gateway{
 		log:   log,
 		srv:   srv,

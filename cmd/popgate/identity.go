@@ -151,7 +151,11 @@ func summarizeIdentity(w io.Writer, c *config.Config) {
 		if names != "" {
 			names = ", headers:" + names
 		}
-		fmt.Fprintf(w, "accounts: auth hook POST %s (timeout %s%s)\n", a.HTTP.URL, a.HTTP.Timeout, names)
+		timeout := a.HTTP.Timeout
+		if timeout == 0 {
+			timeout = authhook.DefaultTimeout
+		}
+		fmt.Fprintf(w, "accounts: auth hook POST %s (timeout %s%s)\n", a.HTTP.URL, timeout, names)
 	}
 	if c.Auth.FailureDelay > 0 {
 		fmt.Fprintf(w, "failure delay: %s, doubling per failure of the same address or user up to %s; forgotten after %s without failures\n",

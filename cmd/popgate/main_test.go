@@ -107,15 +107,15 @@ func TestCheckConfig(t *testing.T) {
 		name, config, want string
 	}{
 		{"unknown key", strings.Replace(good, "    tls: none\n", "    tls: none\n    mailboxx: INBOX\n", 1),
-			`line 12: backends.main: unknown key "mailboxx" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge)`},
+			`line 12: backends.main: unknown key "mailboxx" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge, reuse)`},
 		// a key of another store type under type imap: the imap keys are named
 		{"demo key under imap", strings.Replace(good, "    tls: none\n", "    tls: none\n    seed: true\n", 1),
-			`line 12: backends.main: unknown key "seed" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge)`},
+			`line 12: backends.main: unknown key "seed" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge, reuse)`},
 		// an IMAP key under another type: that type's keys are named
 		{"uidl_template under demo", strings.Replace(good, "    type: imap\n    address: 127.0.0.1:1143\n    tls: none\n", "    type: demo\n    uidl_template: \"%u\"\n", 1),
 			`line 10: backends.main: unknown key "uidl_template" (known keys: type, address, seed, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header)`},
 		{"unknown type", strings.Replace(good, "    type: imap\n", "    type: pop3\n", 1),
-			`line 9: backends.main.type: unknown type "pop3" (registered types: imap, rest or demo)`},
+			`line 9: backends.main.type: unknown type "pop3" (registered types: imap, jmap, rest or demo)`},
 		{"bad address", strings.Replace(good, "127.0.0.1:1110", "127.0.0.1", 1),
 			`line 2: listeners[0].address: "127.0.0.1" is not host:port (missing port in address)`},
 		{"unknown backend", strings.Replace(good, "backend: main", "backend: mian", 1),

@@ -150,30 +150,6 @@ func (d *daemon) drainTimeout() time.Duration {
 	return d.cur.cfg.Shutdown.DrainTimeout
 }
 
-// tlsConfig converts the tls section.
-func tlsConfig(t *config.TLS) tlsconf.Config {
-	c := tlsconf.Config{CertFile: t.CertFile, KeyFile: t.KeyFile, MinVersion: t.MinVersion}
-	if a := t.ACME; a != nil {
-		c.ACME = &tlsconf.ACMEConfig{
-			Domains: a.Domains, Email: a.Email, CA: a.CA, CARoot: a.CARoot, Storage: a.Storage,
-			Challenge: a.Challenge, HTTPAddress: a.HTTPAddress, TLSALPNAddress: a.TLSALPNAddress,
-		}
-	}
-	return c
-}
-
-// checkTLS returns the problems tlsconf finds in the tls section beyond
-// the configuration's own checks (check-config reports them too).
-func checkTLS(cfg *config.Config) config.Problems {
-	var ps config.Problems
-	if cfg.TLS != nil {
-		for _, err := range tlsConfig(cfg.TLS).Validate() {
-			ps = append(ps, config.Problem{Path: "tls", Line: cfg.Line("tls"), Msg: err.Error()})
-		}
-	}
-	return ps
-}
-
 // running is one built backend: its section and its instance.
 type running struct {
 	typ      string
@@ -186,12 +162,12 @@ type running struct {
 // start): an unchanged tls section keeps its Manager (reloaded from the
 // files instead).
 func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*setup, error) {
-	if ps := append(checkTLS(cfg), checkAccounts(cfg)...); len(ps) > 0 {
+	if ps := checkAccounts(cfg); len(ps) > 0 {
 		return nil, ps
 	}
 	rt := &setup{cfg: cfg, log: log}
 	if cfg.TLS != nil {
-		rt.tlsCfg = tlsConfig(cfg.TLS)
+		rt.tlsCfg = *cfg.TLS
 		if prev != nil && prev.tls != nil && reflect.DeepEqual(prev.tlsCfg, rt.tlsCfg) {
 			if err := prev.tls.Reload(); err != nil {
 				return nil, err // tlsconf names the key and file

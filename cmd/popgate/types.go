@@ -4,6 +4,7 @@ import (
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/demo"
 	"github.com/popgate/popgate/backends/imap"
+	"github.com/popgate/popgate/backends/jmap"
 	"github.com/popgate/popgate/backends/rest"
 )
 
@@ -13,6 +14,7 @@ import (
 // line here. See docs/architecture.md.
 var storeTypes = backends.NewRegistry(
 	imap.Type, // IMAP4rev1 server (Dovecot, Cyrus, …)
+	jmap.Type, // JMAP server (RFC 8620/8621: Cyrus, Fastmail, Stalwart, …)
 	rest.Type, // popgate's REST store contract (docs/rest-store.md)
 	demo.Type, // the embedded store of popgate demo, in the gateway's process
 )

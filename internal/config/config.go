@@ -19,15 +19,17 @@ import (
 	"github.com/popgate/popgate/internal/oauth"
 	"github.com/popgate/popgate/internal/strictyaml"
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 // Config is the whole configuration file.
 type Config struct {
 	// Listeners are the addresses popgate accepts POP3 clients on.
 	Listeners []Listener `yaml:"listeners"`
-	// TLS holds the server certificate; required when a listener uses
-	// starttls or implicit TLS.
-	TLS *TLS `yaml:"tls"`
+	// TLS holds the server certificate (static files or ACME); required
+	// when a listener uses starttls or implicit TLS. tlsconf defines its
+	// keys, defaults and checks.
+	TLS *tlsconf.Config `yaml:"tls"`
 	// Backends are the named upstream stores.
 	Backends map[string]*Backend `yaml:"backends"`
 	// Routes map login names to backends; the first match wins.
@@ -74,42 +76,6 @@ type Listener struct {
 	// RFC 8314). Required.
 	TLS string `yaml:"tls"`
 }
-
-// TLS is the server certificate: static files or ACME, not both.
-type TLS struct {
-	CertFile string `yaml:"cert_file"` // PEM certificate with its chain
-	KeyFile  string `yaml:"key_file"`  // PEM private key
-	// MinVersion is 1.0, 1.1, 1.2 or 1.3 (default 1.2).
-	MinVersion string `yaml:"min_version"`
-	// ACME obtains and renews the certificate automatically.
-	ACME *ACME `yaml:"acme"`
-}
-
-// ACME configures automatic certificates (Let's Encrypt or another CA).
-type ACME struct {
-	Domains []string `yaml:"domains"` // names on the certificate; required
-	Email   string   `yaml:"email"`   // account contact
-	// CA is the directory URL (default: Let's Encrypt production).
-	CA string `yaml:"ca"`
-	// CARoot is a PEM file with an extra trusted root for the CA's own
-	// endpoint (private CAs, tests).
-	CARoot string `yaml:"ca_root"`
-	// Storage is the folder for account keys and certificates (default
-	// /var/lib/popgate/acme).
-	Storage string `yaml:"storage"`
-	// Challenge is tls-alpn (default; answered on the implicit-TLS
-	// listeners and on TLSALPNAddress) or http (answered on HTTPAddress).
-	Challenge string `yaml:"challenge"`
-	// HTTPAddress is where the http challenge is answered (default :80).
-	HTTPAddress string `yaml:"http_address"`
-	// TLSALPNAddress is where the tls-alpn challenge is answered when no
-	// implicit-TLS listener of popgate is there (default :443; the CA always
-	// connects to port 443).
-	TLSALPNAddress string `yaml:"tls_alpn_address"`
-}
-
-// DefaultACMEStorage is where ACME state lives when storage is not set.
-const DefaultACMEStorage = "/var/lib/popgate/acme"
 
 // Backend is one upstream store as the file gives it: its type, and its
 // section, which the backends registry decodes, defaults and checks by that
@@ -181,7 +147,7 @@ type Accounts struct {
 // AccountsHTTP is the auth hook: popgate POSTs each login to URL.
 type AccountsHTTP struct {
 	URL     string            `yaml:"url"`     // http:// or https://; required
-	Timeout time.Duration     `yaml:"timeout"` // per call (default 5s)
+	Timeout time.Duration     `yaml:"timeout"` // per call; 0: DefaultHookTimeout (5s)
 	Headers map[string]string `yaml:"headers"` // sent with every call, e.g. Authorization
 	CAFile  string            `yaml:"ca_file"` // extra trusted roots (PEM) for https
 }
@@ -243,42 +209,27 @@ type Log struct {
 }
 
 // Defaults returns a configuration holding every default and nothing else.
+// The auth and session defaults are proxy's (proxy.DefaultOptions).
 func Defaults() *Config {
+	o := proxy.DefaultOptions()
 	return &Config{
 		Auth: Auth{
-			FailureDelay:    2 * time.Second,
+			FailureDelay:    o.AuthFailureDelay,
 			FailureMaxDelay: 15 * time.Second,
-			MaxFailures:     3,
+			MaxFailures:     o.MaxAuthFailures,
 		},
 		Session: Session{
-			IdleTimeout:         10 * time.Minute,
-			LoginTimeout:        time.Minute,
-			WriteTimeout:        time.Minute,
-			CommandTimeout:      time.Minute,
-			MaxErrors:           proxy.DefaultMaxErrors,
-			MaxConnections:      1000,
-			MaxConnectionsPerIP: 0,
+			IdleTimeout:         o.IdleTimeout,
+			LoginTimeout:        o.LoginTimeout,
+			WriteTimeout:        o.WriteTimeout,
+			CommandTimeout:      o.CommandTimeout,
+			MaxErrors:           o.MaxErrors,
+			MaxConnections:      o.MaxConns,
+			MaxConnectionsPerIP: o.MaxConnsPerIP,
 		},
 		Shutdown:  Shutdown{DrainTimeout: 30 * time.Second},
 		Log:       Log{Level: "info", Format: "json"},
 		Migration: Migration{UIDLDir: "/var/lib/popgate/uidl"},
-	}
-}
-
-// applyDefaults fills what the file left out inside lists and maps (the
-// top-level defaults are in place before decoding).
-func (c *Config) applyDefaults() {
-	if c.Accounts != nil && c.Accounts.HTTP != nil && c.Accounts.HTTP.Timeout == 0 {
-		c.Accounts.HTTP.Timeout = DefaultHookTimeout
-	}
-	if c.TLS != nil && c.TLS.ACME != nil {
-		a := c.TLS.ACME
-		if a.Challenge == "" {
-			a.Challenge = "tls-alpn"
-		}
-		if a.Storage == "" {
-			a.Storage = DefaultACMEStorage
-		}
 	}
 }
 

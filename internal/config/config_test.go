@@ -10,6 +10,7 @@ import (
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/backends/imap"
+	"github.com/popgate/popgate/tlsconf"
 )
 
 const good = `
@@ -130,7 +131,7 @@ func wantProblems(t *testing.T, s string, want ...string) {
 func TestUnknownKeyNamesKeyAndLine(t *testing.T) {
 	s := strings.Replace(withFiles(t, good), "    tls: none\n", "    tls: none\n    adress: x\n", 1)
 	wantProblems(t, s,
-		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge)`)
+		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge, reuse)`)
 
 	wantProblems(t, "listenerz: []\n"+withFiles(t, good),
 		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, accounts, auth, session, shutdown, log, migration, credentials, token_store)`)
@@ -240,8 +241,8 @@ routes: [{match: "*", backend: m}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.TLS.ACME.Storage != DefaultACMEStorage {
-		t.Errorf("storage default = %q", c.TLS.ACME.Storage)
+	if a := c.TLS.ACME; a.StorageDir() != tlsconf.DefaultACMEStorage || a.ChallengeType() != tlsconf.ChallengeHTTP || a.Directory() != tlsconf.LetsEncryptProduction {
+		t.Errorf("acme = %+v: storage %q, challenge %q, directory %q", a, a.StorageDir(), a.ChallengeType(), a.Directory())
 	}
 }
 
@@ -317,7 +318,7 @@ func TestAccountsAndFailureKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h := c.Accounts.HTTP; h.URL != "https://auth.example/popgate" || h.Timeout != DefaultHookTimeout || h.Headers["Authorization"] != "Bearer x" {
+	if h := c.Accounts.HTTP; h.URL != "https://auth.example/popgate" || h.Timeout != 0 || h.Headers["Authorization"] != "Bearer x" {
 		t.Fatalf("http %+v", h)
 	}
 	for extra, want := range map[string]string{

@@ -139,7 +139,6 @@ func parse(data []byte) (*Config, Problems) {
 	c.dec = strictyaml.NewDecoder()
 	c.dec.Decode(root, c, "")
 	c.backendOrder = backendOrder(root)
-	c.applyDefaults()
 	return c, c.dec.Problems()
 }
 

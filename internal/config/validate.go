@@ -7,8 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/netconf"
-	"github.com/popgate/popgate/tlsconf"
+	"github.com/popgate/popgate/internal/strictyaml"
 )
 
 // Validate checks the values of a parsed configuration and returns every
@@ -89,79 +90,9 @@ func (k *checker) listeners() {
 	}
 }
 
-func checkFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		if pe, ok := err.(*os.PathError); ok {
-			return fmt.Errorf("%s: %v", path, pe.Err)
-		}
-		return err
-	}
-	return f.Close()
-}
-
 func (k *checker) tls() {
-	t := k.c.TLS
-	if t == nil {
-		return
-	}
-	if _, err := tlsconf.ParseVersion(t.MinVersion); err != nil {
-		k.add("tls.min_version", "unknown version %q (want 1.0, 1.1, 1.2 or 1.3)", t.MinVersion)
-	}
-	static := t.CertFile != "" || t.KeyFile != ""
-	switch {
-	case static && t.ACME != nil:
-		k.add("tls", "use either cert_file/key_file or acme, not both")
-	case !static && t.ACME == nil:
-		k.add("tls", "set cert_file and key_file, or acme")
-	case static:
-		for _, f := range []struct{ key, path string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
-			if f.path == "" {
-				k.add("tls."+f.key, "required with %s", map[string]string{"cert_file": "key_file", "key_file": "cert_file"}[f.key])
-			} else if err := checkFile(f.path); err != nil {
-				k.add("tls."+f.key, "%v", err)
-			}
-		}
-	default:
-		a := t.ACME
-		if len(a.Domains) == 0 {
-			k.add("tls.acme.domains", "at least one domain is required")
-		}
-		for i, d := range a.Domains {
-			if d == "" || strings.ContainsAny(d, " /:@") {
-				k.add(fmt.Sprintf("tls.acme.domains[%d]", i), "%q is not a domain name", d)
-			}
-		}
-		if a.CA != "" && !strings.HasPrefix(a.CA, "https://") {
-			k.add("tls.acme.ca", "%q is not an https:// directory URL", a.CA)
-		}
-		if a.CARoot != "" {
-			if err := checkFile(a.CARoot); err != nil {
-				k.add("tls.acme.ca_root", "%v", err)
-			}
-		}
-		switch a.Challenge {
-		case "tls-alpn":
-			if a.HTTPAddress != "" {
-				k.add("tls.acme.http_address", "only used with challenge: http")
-			}
-			if a.TLSALPNAddress != "" {
-				if err := netconf.CheckAddress(a.TLSALPNAddress); err != nil {
-					k.add("tls.acme.tls_alpn_address", "%v", err)
-				}
-			}
-		case "http":
-			if a.HTTPAddress != "" {
-				if err := netconf.CheckAddress(a.HTTPAddress); err != nil {
-					k.add("tls.acme.http_address", "%v", err)
-				}
-			}
-			if a.TLSALPNAddress != "" {
-				k.add("tls.acme.tls_alpn_address", "only used with challenge: tls-alpn")
-			}
-		default:
-			k.add("tls.acme.challenge", "unknown challenge %q (want tls-alpn or http)", a.Challenge)
-		}
+	if t := k.c.TLS; t != nil {
+		t.Check(func(key, format string, args ...any) { k.add(strictyaml.Join("tls", key), format, args...) })
 	}
 }
 
@@ -190,16 +121,8 @@ func (k *checker) routes() {
 	}
 	for i, r := range c.Routes {
 		p := fmt.Sprintf("routes[%d]", i)
-		switch {
-		case r.Match == "":
-			k.add(p+".match", "required (\"*\", \"*@example.com\" or a login name)")
-		case r.Match == "*":
-		case strings.HasPrefix(r.Match, "*@"):
-			if dom := r.Match[2:]; dom == "" || strings.ContainsAny(dom, "*@ ") {
-				k.add(p+".match", "%q: want \"*@\" followed by a domain", r.Match)
-			}
-		case strings.Contains(r.Match, "*"):
-			k.add(p+".match", "%q: a wildcard is only allowed as \"*\" or \"*@domain\"", r.Match)
+		if err := backends.CheckMatch(r.Match); err != nil {
+			k.add(p+".match", "%v", err)
 		}
 		if r.Backend == "" {
 			k.add(p+".backend", "required")
@@ -239,7 +162,7 @@ func (k *checker) accounts() {
 	case a.File != "" && a.HTTP != nil:
 		k.add("accounts", "use either file or http, not both")
 	case a.File != "":
-		if err := checkFile(a.File); err != nil {
+		if err := fileReadable(a.File); err != nil {
 			k.add("accounts.file", "%v", err)
 		}
 	default:
@@ -253,7 +176,7 @@ func (k *checker) accounts() {
 			k.add("accounts.http.timeout", "must not be negative")
 		}
 		if h.CAFile != "" {
-			if err := checkFile(h.CAFile); err != nil {
+			if err := fileReadable(h.CAFile); err != nil {
 				k.add("accounts.http.ca_file", "%v", err)
 			}
 		}
@@ -289,4 +212,16 @@ func (k *checker) session() {
 			k.add("session.expire", "%q: want NEVER or a number of days", e)
 		}
 	}
+}
+
+// fileReadable reports whether path can be opened, naming the file.
+func fileReadable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if pe, ok := err.(*os.PathError); ok {
+			return fmt.Errorf("%s: %v", path, pe.Err)
+		}
+		return err
+	}
+	return f.Close()
 }

@@ -343,47 +343,50 @@ func yamlName(f reflect.StructField) (name string, inline bool) {
 	return name, strings.Contains(","+opts+",", ",inline,")
 }
 
-func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+// eachField calls f with every key of struct type t and its field, in
+// declaration order, those of inlined structs in place; f returns false to
+// stop. It returns false when stopped.
+func eachField(t reflect.Type, f func(key string, sf reflect.StructField) bool) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
 	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if !f.IsExported() {
+		sf := t.Field(i)
+		if !sf.IsExported() {
 			continue
 		}
-		name, inline := yamlName(f)
-		if inline && f.Type.Kind() == reflect.Struct {
-			if g, ok := fieldByKey(f.Type, key); ok {
-				return g, true
+		name, inline := yamlName(sf)
+		if inline && sf.Type.Kind() == reflect.Struct {
+			if !eachField(sf.Type, f) {
+				return false
 			}
 			continue
 		}
-		if name == key && name != "" && name != "-" {
-			return f, true
+		if name != "" && name != "-" && !f(name, sf) {
+			return false
 		}
 	}
-	return reflect.StructField{}, false
+	return true
+}
+
+func fieldByKey(t reflect.Type, key string) (found reflect.StructField, ok bool) {
+	eachField(t, func(name string, sf reflect.StructField) bool {
+		if name == key {
+			found, ok = sf, true
+		}
+		return !ok
+	})
+	return found, ok
 }
 
 // FieldNames returns the keys of struct type t in declaration order, those
 // of inlined structs in place.
 func FieldNames(t reflect.Type) []string {
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
 	var names []string
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if !f.IsExported() {
-			continue
-		}
-		name, inline := yamlName(f)
-		if inline && f.Type.Kind() == reflect.Struct {
-			names = append(names, FieldNames(f.Type)...)
-			continue
-		}
-		if name != "" && name != "-" {
-			names = append(names, name)
-		}
-	}
+	eachField(t, func(name string, _ reflect.StructField) bool {
+		names = append(names, name)
+		return true
+	})
 	return names
 }
 

@@ -68,6 +68,7 @@ type session struct {
 	list     []entry // taken at the first GET /messages
 	state    string
 	listed   bool
+	paths    map[string]string // id → file (relative to dir) at the last listing
 	commits  map[string][]byte // Idempotency-Key → response body
 	commitMu sync.Mutex
 }
@@ -338,6 +339,10 @@ func (s *Store) list(w http.ResponseWriter, r *http.Request, ss *session) {
 			return
 		}
 		etag := `"` + state + `"`
+		ss.paths = make(map[string]string, len(es))
+		for _, e := range es {
+			ss.paths[e.id] = e.path
+		}
 		if inm := r.Header.Get("If-None-Match"); inm != "" && inm == etag {
 			ss.list, ss.state, ss.listed = nil, state, false
 			w.Header().Set("ETag", etag)
@@ -404,6 +409,25 @@ func validUIDL(s string) bool {
 	return true
 }
 
+// lookup returns the current file of message id ("" if gone): where the
+// last listing saw it when it is still there (no directory scan per
+// message), else wherever it went.
+func (ss *session) lookup(id string) string {
+	ss.commitMu.Lock()
+	defer ss.commitMu.Unlock()
+	return ss.lookupLocked(id)
+}
+
+func (ss *session) lookupLocked(id string) string {
+	if rel, ok := ss.paths[id]; ok {
+		p := filepath.Join(ss.dir, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return find(ss.dir, id)
+}
+
 // find locates the current file of message id in the maildrop ("" if gone).
 func find(dir, id string) string {
 	if id == "" || strings.ContainsAny(id, "/\\\x00") || id == "." || id == ".." {
@@ -442,7 +466,7 @@ func (s *Store) message(w http.ResponseWriter, r *http.Request, ss *session, id 
 		}
 		lines = n
 	}
-	p := find(ss.dir, id)
+	p := ss.lookup(id)
 	f, err := os.Open(p)
 	if p == "" || err != nil {
 		Problem(w, http.StatusNotFound, "no such message")
@@ -520,7 +544,7 @@ func (s *Store) commit(w http.ResponseWriter, r *http.Request, ss *session) {
 	var errs []error
 	for _, id := range req.Delete {
 		del[id] = true
-		p := find(ss.dir, id)
+		p := ss.lookupLocked(id)
 		if p == "" {
 			res.NotFound = append(res.NotFound, id)
 			continue
@@ -539,7 +563,7 @@ func (s *Store) commit(w http.ResponseWriter, r *http.Request, ss *session) {
 		if del[id] {
 			continue
 		}
-		if p := find(ss.dir, id); p != "" {
+		if p := ss.lookupLocked(id); p != "" {
 			markSeen(ss.dir, p)
 		}
 	}

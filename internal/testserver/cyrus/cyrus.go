@@ -279,6 +279,12 @@ func start(b bins, opts Options) (*Server, error) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	for u := range opts.Users {
+		if err := s.createMailboxes(u); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -403,8 +409,31 @@ func (s *Server) addUser(saslpasswd, name, password string, asCyrus bool) error 
 	return nil
 }
 
-// AddUser adds (or changes) a user; usable at once. The INBOX (and Drafts,
-// Sent, Trash, Junk) are created at the user's first login.
+// createMu serializes the users' first logins, which create their
+// mailboxes (autocreate_quota): Cyrus 3.6 as packaged by Debian gave
+// mailboxes created at the same moment by separate imapd processes the
+// same unique id (JMAP Mailbox id), and then rejects the id as another
+// account's (Email/query: invalidArguments filter/inMailbox).
+var createMu sync.Mutex
+
+// createMailboxes logs name in once over IMAP, which creates INBOX, Drafts,
+// Sent, Trash and Junk.
+func (s *Server) createMailboxes(name string) error {
+	createMu.Lock()
+	defer createMu.Unlock()
+	c, err := s.Dial(name)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		return fmt.Errorf("cyrus: %s: INBOX not created: %w", name, err)
+	}
+	return c.Logout().Wait()
+}
+
+// AddUser adds (or changes) a user, usable at once, with INBOX, Drafts,
+// Sent, Trash and Junk created.
 func (s *Server) AddUser(name, password string) error {
 	b, err := binaries(false)
 	if err != nil {
@@ -414,7 +443,10 @@ func (s *Server) AddUser(name, password string) error {
 	if err != nil {
 		return err
 	}
-	return s.addUser(b.saslpasswd, name, password, asCyrus)
+	if err := s.addUser(b.saslpasswd, name, password, asCyrus); err != nil {
+		return err
+	}
+	return s.createMailboxes(name)
 }
 
 // Password returns the password of a known user.

@@ -3,6 +3,7 @@ package cyrus
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -77,4 +78,48 @@ func TestStartAppendJMAPAndPOP3(t *testing.T) {
 		t.Fatalf("RETR = %q", got.String())
 	}
 	fmt.Fprintf(pc, "QUIT\r\n")
+}
+
+// Users added at once get distinct mailboxes (JMAP Mailbox ids): see
+// createMu.
+func TestParallelUsersDistinctMailboxIDs(t *testing.T) {
+	s := Start(t, Options{})
+	const n = 4
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() { errs <- s.AddUser(fmt.Sprintf("p%d", i), "pw") }()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]string{}
+	for i := 0; i < n; i++ {
+		u := fmt.Sprintf("p%d", i)
+		req, _ := http.NewRequest("POST", "http://"+s.HTTPAddr()+"/jmap/", strings.NewReader(
+			`{"using":["urn:ietf:params:jmap:core","urn:ietf:params:jmap:mail"],"methodCalls":[["Mailbox/get",{"accountId":"`+u+`","ids":null,"properties":["id"]},"m"]]}`))
+		req.SetBasicAuth(u, "pw")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			MethodResponses [][]json.RawMessage `json:"methodResponses"`
+		}
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		var got struct{ List []struct{ ID string } }
+		json.Unmarshal(r.MethodResponses[0][1], &got)
+		if len(got.List) != 5 {
+			t.Fatalf("%s: %d mailboxes", u, len(got.List))
+		}
+		for _, m := range got.List {
+			if other, dup := seen[m.ID]; dup {
+				t.Fatalf("mailbox id %s of %s is also %s's", m.ID, u, other)
+			}
+			seen[m.ID] = u
+		}
+	}
 }

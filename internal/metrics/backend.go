@@ -76,3 +76,7 @@ type timedMailboxID struct {
 }
 
 func (t *timedMailboxID) MaildropID() string { return t.id.MaildropID() }
+
+// Unwrap returns the store's own Mailbox, so that its optional interfaces
+// (backends.Find) stay reachable through the timing wrapper.
+func (t *timedMailbox) Unwrap() backends.Mailbox { return t.mb }

@@ -270,45 +270,46 @@ func (cu *Custodian) Invalidate(name, accessToken string) {
 	c.mu.Unlock()
 }
 
-// refresh obtains a new token for c and completes f. The stored record is
-// replaced only by a successful answer.
+// refresh obtains a new token for c and completes f. It runs under the
+// store's lock: when another process stored a fresh token meanwhile, that
+// one is taken and no request is made; otherwise the newest stored refresh
+// token is used. The stored record is replaced only by a successful answer.
 func (cu *Custodian) refresh(c *cred, old Record, f *flight) {
-	ctx, cancel := context.WithTimeout(context.Background(), cu.timeout)
-	defer cancel()
-	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.client)
-	obtained := cu.now()
-	var tok *oauth2.Token
-	var err error
-	switch c.cfg.Type {
-	case TypeClientCredentials: // RFC 6749 §4.4
-		cc := clientcredentials.Config{ClientID: c.cfg.ClientID, ClientSecret: c.cfg.ClientSecret, TokenURL: c.cfg.TokenURL, Scopes: c.cfg.Scopes}
-		tok, err = cc.Token(ctx)
-	case TypeRefreshToken: // RFC 6749 §6
-		if old.RefreshToken == "" {
-			err = ErrNotEnrolled
-			break
-		}
-		tok, err = c.oauthConfig().TokenSource(ctx, &oauth2.Token{RefreshToken: old.RefreshToken}).Token()
-	}
+	c.mu.Lock()
+	bad := c.bad
+	c.mu.Unlock()
 	var rec Record
-	if err == nil {
-		rec = recordOf(c.cfg.Type, tok, obtained)
-		if rec.RefreshToken == "" { // RFC 6749 §6: the old refresh token stays valid
-			rec.RefreshToken = old.RefreshToken
+	var err error
+	fetched, stored := false, false
+	uerr := cu.store.Update(c.name, func(cur Record, found bool) (Record, bool, error) {
+		if found && cur.AccessToken != old.AccessToken && cu.freshRecord(&cur, bad) {
+			rec = cur // refreshed by another process
+			return cur, false, nil
 		}
-		if rec.AccessToken == "" {
-			err = errors.New("the token endpoint answered without an access token")
+		if found && cur.RefreshToken != "" {
+			old.RefreshToken = cur.RefreshToken
+		}
+		rec, err = cu.fetch(c, old)
+		if err != nil {
+			return Record{}, false, nil
+		}
+		fetched, stored = true, true
+		return rec, true, nil
+	})
+	if uerr != nil {
+		if err == nil && !fetched {
+			err = uerr // the store could not be read: no token
+		} else if fetched {
+			stored = false
+			cu.log.Error().Str("credential", c.name).Err(uerr).Msg("oauth token obtained but not stored: it is used until restart")
 		}
 	}
 	if err != nil {
 		err = Describe(err)
 		cu.log.Error().Str("credential", c.name).Str("type", c.cfg.Type).Err(err).
 			Msg("oauth token refresh failed: the stored token is unchanged")
-	} else {
-		if perr := cu.store.Put(c.name, rec); perr != nil {
-			cu.log.Error().Str("credential", c.name).Err(perr).Msg("oauth token obtained but not stored: it is used until restart")
-		}
-		cu.log.Info().Str("credential", c.name).Str("type", c.cfg.Type).Time("expiry", rec.Expiry).Msg("oauth token obtained")
+	} else if fetched {
+		cu.log.Info().Str("credential", c.name).Str("type", c.cfg.Type).Time("expiry", rec.Expiry).Bool("stored", stored).Msg("oauth token obtained")
 	}
 	c.mu.Lock()
 	if err == nil {
@@ -322,6 +323,45 @@ func (cu *Custodian) refresh(c *cred, old Record, f *flight) {
 	c.mu.Unlock()
 	f.rec, f.err = rec, err
 	close(f.done)
+}
+
+// freshRecord is fresh for a record read outside c.mu.
+func (cu *Custodian) freshRecord(r *Record, bad string) bool {
+	if r.AccessToken == "" || r.AccessToken == bad {
+		return false
+	}
+	return r.Expiry.IsZero() || cu.now().Before(r.Expiry.Add(-cu.refreshAhead(r)))
+}
+
+// fetch asks the token endpoint for a new token of c.
+func (cu *Custodian) fetch(c *cred, old Record) (Record, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cu.timeout)
+	defer cancel()
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, c.client)
+	obtained := cu.now()
+	var tok *oauth2.Token
+	var err error
+	switch c.cfg.Type {
+	case TypeClientCredentials: // RFC 6749 §4.4
+		cc := clientcredentials.Config{ClientID: c.cfg.ClientID, ClientSecret: c.cfg.ClientSecret, TokenURL: c.cfg.TokenURL, Scopes: c.cfg.Scopes}
+		tok, err = cc.Token(ctx)
+	case TypeRefreshToken: // RFC 6749 §6
+		if old.RefreshToken == "" {
+			return Record{}, ErrNotEnrolled
+		}
+		tok, err = c.oauthConfig().TokenSource(ctx, &oauth2.Token{RefreshToken: old.RefreshToken}).Token()
+	}
+	if err != nil {
+		return Record{}, err
+	}
+	rec := recordOf(c.cfg.Type, tok, obtained)
+	if rec.RefreshToken == "" { // RFC 6749 §6: the old refresh token stays valid
+		rec.RefreshToken = old.RefreshToken
+	}
+	if rec.AccessToken == "" {
+		return Record{}, errors.New("the token endpoint answered without an access token")
+	}
+	return rec, nil
 }
 
 func (c *cred) oauthConfig() *oauth2.Config {

@@ -385,3 +385,42 @@ func TestParseKeyAndChecks(t *testing.T) {
 		t.Errorf("key and key_file: %v", ps)
 	}
 }
+
+// Two gateways (two custodians) sharing one store, with a provider that
+// rotates refresh tokens: an expired token is refreshed once, not once per
+// gateway, and neither is left with a revoked refresh token.
+func TestTwoProcessesOneRefresh(t *testing.T) {
+	f := setup(t, idp.Options{RotateRefresh: true})
+	f.enroll(t)
+	other, err := OpenStore(f.path, f.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cu2, err := New(f.creds, other, Options{Log: zerolog.New(f.log), Now: f.clock.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.advance(2 * time.Hour)
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cu := f.cu
+			if i%2 == 1 {
+				cu = cu2
+			}
+			_, errs[i] = cu.Token(context.Background(), "gmail-jane")
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.idp.Requests(idp.GrantRefreshToken); n != 1 {
+		t.Fatalf("two gateways made %d refresh requests, want 1", n)
+	}
+}

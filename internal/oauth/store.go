@@ -49,7 +49,8 @@ const storeMagic = "popgate-tokens-v1\n"
 // on PATH.lock.
 type Store struct {
 	path string
-	mu   sync.Mutex // serialises this process's writers and key changes
+	wmu  sync.Mutex   // serialises this process's writers (with the file lock: other processes')
+	amu  sync.RWMutex // guards aead
 	aead cipher.AEAD
 }
 
@@ -71,6 +72,12 @@ func OpenStore(path string, key []byte) (*Store, error) {
 // Path returns the store file's path.
 func (s *Store) Path() string { return s.path }
 
+func (s *Store) key() cipher.AEAD {
+	s.amu.RLock()
+	defer s.amu.RUnlock()
+	return s.aead
+}
+
 func newAEAD(key []byte) (cipher.AEAD, error) {
 	if len(key) != KeySize {
 		return nil, fmt.Errorf("token store key: %d octets, want %d", len(key), KeySize)
@@ -88,10 +95,7 @@ type storeDoc struct {
 
 // readAll returns every record; a missing file is an empty store.
 func (s *Store) readAll() (map[string]Record, error) {
-	s.mu.Lock()
-	aead := s.aead
-	s.mu.Unlock()
-	return readFile(s.path, aead)
+	return readFile(s.path, s.key())
 }
 
 func readFile(path string, aead cipher.AEAD) (map[string]Record, error) {
@@ -186,19 +190,46 @@ func (s *Store) Names() ([]string, error) {
 // changed and replaced under the lock, so concurrent writers of other
 // processes lose nothing.
 func (s *Store) Put(name string, r Record) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	unlock, err := s.lock()
 	if err != nil {
 		return fmt.Errorf("token store: %w", err)
 	}
 	defer unlock()
-	recs, err := readFile(s.path, s.aead)
+	recs, err := readFile(s.path, s.key())
 	if err != nil {
 		return err
 	}
 	recs[name] = r
-	return writeFile(s.path, s.aead, recs)
+	return writeFile(s.path, s.key(), recs)
+}
+
+// Update runs f on name's record while holding the store lock, so that no
+// other writer of this or another process runs meanwhile, and stores the
+// record f returns when f says so. The gateway refreshes tokens inside
+// Update: two processes sharing the store never spend one refresh token
+// against each other (a provider that rotates refresh tokens would revoke
+// the second).
+func (s *Store) Update(name string, f func(r Record, found bool) (Record, bool, error)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	unlock, err := s.lock()
+	if err != nil {
+		return fmt.Errorf("token store: %w", err)
+	}
+	defer unlock()
+	recs, err := readFile(s.path, s.key())
+	if err != nil {
+		return err
+	}
+	r, found := recs[name]
+	nr, store, err := f(r, found)
+	if err != nil || !store {
+		return err
+	}
+	recs[name] = nr
+	return writeFile(s.path, s.key(), recs)
 }
 
 // lock creates the store's folder when missing and takes the file lock.
@@ -218,20 +249,22 @@ func (s *Store) Rekey(newKey []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	unlock, err := s.lock()
 	if err != nil {
 		return 0, fmt.Errorf("token store: %w", err)
 	}
 	defer unlock()
-	recs, err := readFile(s.path, s.aead)
+	recs, err := readFile(s.path, s.key())
 	if err != nil {
 		return 0, err
 	}
 	if err := writeFile(s.path, aead, recs); err != nil {
 		return 0, err
 	}
+	s.amu.Lock()
 	s.aead = aead
+	s.amu.Unlock()
 	return len(recs), nil
 }

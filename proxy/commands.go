@@ -348,7 +348,7 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		cancel()
 		return reply{}, ss.backendError("open", err)
 	}
-	var src io.Reader = watchedReader{rc, watch}
+	var src io.Reader = watched{r: rc, sw: watch}
 	if top {
 		src = &topReader{r: src, k: lines}
 	}
@@ -384,7 +384,7 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 				// The backend writes from its own (bounded) buffers: one copy
 				// less. deadlineWriter still writes at most maxWrite at a time.
 				watch.waiting()
-				_, err = wt.WriteTo(watchedWriter{writerOnly{&body}, watch})
+				_, err = wt.WriteTo(watched{w: writerOnly{&body}, sw: watch})
 				watch.got()
 			} else {
 				_, err = io.CopyBuffer(writerOnly{&body}, readerOnly{src}, buf)

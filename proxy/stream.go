@@ -32,30 +32,23 @@ func (w *stallWatch) waiting() { w.t.Reset(w.limit) }
 // got stops the wait: the store answered.
 func (w *stallWatch) got() { w.t.Stop() }
 
-// watchedReader reads from the store under a stallWatch.
-type watchedReader struct {
-	r io.Reader
-	w *stallWatch
-}
-
-func (r watchedReader) Read(p []byte) (int, error) {
-	r.w.waiting()
-	n, err := r.r.Read(p)
-	r.w.got()
-	return n, err
-}
-
-// watchedWriter is the writer given to a store that writes the message
-// itself (io.WriterTo): time inside Write is the client's, time between
-// writes is the store's.
-type watchedWriter struct {
+// watched is a message stream under a stallWatch. Read waits on the store.
+// Write is for a store that writes the message itself (io.WriterTo): time
+// inside Write is the client's, time between writes the store's.
+type watched struct {
+	r  io.Reader
 	w  io.Writer
 	sw *stallWatch
 }
 
-func (x watchedWriter) Write(p []byte) (int, error) {
-	x.sw.got()
-	n, err := x.w.Write(p)
+func (x watched) Read(p []byte) (int, error) {
 	x.sw.waiting()
-	return n, err
+	defer x.sw.got()
+	return x.r.Read(p)
+}
+
+func (x watched) Write(p []byte) (int, error) {
+	x.sw.got()
+	defer x.sw.waiting()
+	return x.w.Write(p)
 }

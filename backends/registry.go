@@ -53,6 +53,10 @@ type Env struct {
 	// credentials (nil when there are none), for stores that log in with
 	// bearer tokens (Credentials.Credential).
 	Tokens Tokens
+	// OnSnapshotCache, when set, is told at every login whether a store
+	// with a snapshot cache served the listing from it (metrics). Stores
+	// without such a cache ignore it.
+	OnSnapshotCache func(hit bool)
 }
 
 // Registry maps type names to Types.

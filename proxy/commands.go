@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/popgate/popgate/backends"
 )
@@ -456,10 +457,15 @@ func (ss *session) cmdQUIT(args) (reply, error) {
 		}
 	}
 	if len(del) > 0 {
-		ctx, cancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
+		ctx, cancel, ok := ss.confirmLock(len(del))
+		if !ok {
+			ss.closeMailbox()
+			return reply{}, &cmdError{code: backends.CodeSysTemp, text: "maildrop lock lost, nothing deleted, try again", end: endCommitFailed}
+		}
 		err := ss.mb.Commit(ctx, del)
 		cancel()
 		if err != nil {
+			ss.o.Metrics.Commit("failed", len(del))
 			ss.log.Error().Err(err).Int("marked", len(del)).Msg("commit failed")
 			ss.closeMailbox()
 			code, text := backends.ClientError(err)
@@ -469,10 +475,35 @@ func (ss *session) cmdQUIT(args) (reply, error) {
 			return reply{}, &cmdError{code: code, text: text, end: endCommitFailed}
 		}
 		ss.deleted = len(del)
+		ss.o.Metrics.Commit("ok", len(del))
 	}
 	ss.closeMailbox()
 	if ss.deleted == 0 {
 		return reply{text: "bye", end: endQuit}, nil
 	}
 	return reply{text: "bye, " + strconv.Itoa(ss.deleted) + " messages deleted", end: endQuit}, nil
+}
+
+// confirmLock confirms, before a commit, that this session still holds the
+// maildrop lock (RFC 1939 §8: one session per maildrop through UPDATE) and
+// extends it past the commit's deadline. It returns the commit's context,
+// bounded by CommandTimeout and by the time the lock is held for certain.
+// When the lock cannot be confirmed (lease lost, lock store unreachable) it
+// logs why and reports false: the session must not commit.
+func (ss *session) confirmLock(marked int) (context.Context, context.CancelFunc, bool) {
+	hold := ss.o.CommandTimeout + commitMargin
+	cctx, ccancel := context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
+	until, err := ss.held.Confirm(cctx, hold)
+	ccancel()
+	if err != nil {
+		ss.o.Metrics.Commit("not_confirmed", marked)
+		ss.log.Error().Err(err).Int("marked", marked).Msg("maildrop lock could not be confirmed: nothing committed")
+		return nil, nil, false
+	}
+	deadline := time.Now().Add(ss.o.CommandTimeout)
+	if !until.IsZero() && until.Before(deadline) {
+		deadline = until
+	}
+	ctx, cancel := context.WithDeadline(ss.ctx, deadline)
+	return ctx, cancel, true
 }

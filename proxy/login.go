@@ -91,8 +91,10 @@ func (ss *session) cmdAPOP(args) (reply, error) {
 //  1. admit: the gateway's own checks, before any upstream call;
 //  2. Backend.Login: the store checks the credentials (-ERR [AUTH] through
 //     authFailed when it refuses them);
-//  3. Locker.TryLock on the maildrop (-ERR [IN-USE] when held), then
-//     Mailbox.Snapshot, rewritten by Options.UIDLMapper when set.
+//  3. the maildrop lock (lock.Acquire on Options.Locker; -ERR [IN-USE] when
+//     held, -ERR [SYS/TEMP] when a shared lock store cannot be reached:
+//     never a session without the lock), then Mailbox.Snapshot, rewritten
+//     by Options.UIDLMapper when set.
 func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.conn.lr.wipe() // the line held the password or the SASL response
 	c.RemoteAddr = ss.conn.raw.RemoteAddr()
@@ -111,27 +113,35 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 			return reply{}, ss.authFailed(c.Username, c.Mechanism, err, text)
 		}
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
+		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(code, text)
 	}
 	if mb == nil {
 		ss.log.Error().Str("user", c.Username).Msg("backend returned no mailbox and no error")
+		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "internal error, try again later")
 	}
 	key := backends.MaildropID(mb, c)
 	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
-	unlock, err := ss.o.Locker.TryLock(ctx, key)
+	lockStart := time.Now()
+	held, err := lock.Acquire(ctx, ss.o.Locker, key)
+	ss.o.Metrics.LockTaken(time.Since(lockStart), errors.Is(err, lock.ErrHeld))
 	cancel()
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
 			ss.log.Info().Str("user", c.Username).Msg("maildrop in use")
+			ss.o.Metrics.Login(loginInUse)
 			return reply{}, refusal(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
 		}
+		// A shared lock store that cannot be reached: never a session
+		// without the lock (RFC 3206 §4: SYS/TEMP).
 		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
+		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
 	// From here on finish() releases both, even after a panic.
-	ss.mb, ss.unlock = mb, unlock
+	ss.mb, ss.unlock, ss.held = mb, held.Release, held
 	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 	msgs, err := mb.Snapshot(ctx)
 	cancel()
@@ -146,8 +156,10 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	}
 	if err != nil {
 		ss.closeMailbox()
+		ss.o.Metrics.Login(loginError)
 		return reply{}, ss.backendError("snapshot", err)
 	}
+	ss.o.Metrics.Login(loginOK)
 	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
@@ -168,6 +180,7 @@ func (ss *session) admit(backends.Credentials) error { return nil }
 // protocol faults.
 func (ss *session) authFailed(user, mech string, err error, text string) error {
 	ss.authFailures++
+	ss.o.Metrics.Login(loginAuth)
 	ss.log.Info().Str("user", user).Str("mechanism", mech).AnErr("reason", err).Int("failures", ss.authFailures).Msg("authentication failed")
 	if ss.o.AuthFailureDelay > 0 {
 		t := time.NewTimer(ss.o.AuthFailureDelay)

@@ -31,7 +31,12 @@ const (
 // documented on each field.
 type Options struct {
 	Backend backends.Backend // required; popgate's router is itself a Backend
-	Locker  lock.Locker      // nil: an in-process lock.Local owned by the Server
+	// Locker is the maildrop lock; nil: an in-process lock.Local owned by
+	// the Server. A lock.Leaser (the Redis lock) is confirmed before each
+	// commit: a session that cannot confirm it commits nothing.
+	Locker lock.Locker
+	// Metrics observes sessions, logins, the lock and commits; nil: none.
+	Metrics Observer
 	// TLSConfig is required by starttls and implicit listeners. Certificates
 	// may be swapped through GetCertificate (reload).
 	TLSConfig *tls.Config
@@ -211,6 +216,9 @@ func (s *Server) normalize(o Options) Options {
 	if o.Locker == nil {
 		o.Locker = s.localLock
 	}
+	if o.Metrics == nil {
+		o.Metrics = nopObserver{}
+	}
 	return o
 }
 
@@ -314,6 +322,7 @@ func (s *Server) accept(nc net.Conn, lc ListenerConfig) {
 	ss := newSession(s, nc, lc, o, id)
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
+	o.Metrics.SessionStarted()
 	go func() {
 		defer s.wg.Done()
 		defer s.release(ss, ip)

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/backends"
+	"github.com/popgate/popgate/internal/lock"
 )
 
 // state is a POP3 session state; a command lists the states it is valid
@@ -72,6 +73,7 @@ type session struct {
 	user   string
 	mb     backends.Mailbox
 	unlock func()
+	held   lock.Held // the maildrop lock, confirmed before a commit
 	snap   *snapshot // nil before login
 
 	// counters for the logout line
@@ -245,6 +247,7 @@ func (ss *session) finish() {
 		Int64("octets", ss.conn.sent()).
 		Dur("duration", time.Since(ss.start)).
 		Msg("session end")
+	ss.o.Metrics.SessionEnded(ss.end, ss.conn.sent())
 }
 
 // closeMailbox closes the upstream session, then frees the maildrop lock.
@@ -254,7 +257,7 @@ func (ss *session) closeMailbox() {
 		return
 	}
 	mb, unlock := ss.mb, ss.unlock
-	ss.mb, ss.unlock = nil, nil
+	ss.mb, ss.unlock, ss.held = nil, nil, nil
 	defer func() {
 		if unlock != nil {
 			unlock()

@@ -204,3 +204,11 @@ func (e *snapEntry) messages(t uidlTemplate) []backends.Message {
 	}
 	return out
 }
+
+// cacheEvent reports a snapshot-cache hit or miss to Config.OnSnapshotCache
+// (only when the cache is on).
+func (b *Backend) cacheEvent(hit bool) {
+	if b.cache != nil && b.cfg.OnSnapshotCache != nil {
+		b.cfg.OnSnapshotCache(hit)
+	}
+}

@@ -66,6 +66,10 @@ type Config struct {
 	// at once into a buffer, so a slow POP3 client never holds an upstream
 	// literal open; memory per RETR is one chunk.
 	ChunkSize int `yaml:"-"`
+	// OnSnapshotCache, when set and the cache is on, is told at every
+	// login whether the listing came from the cache (metrics; not a file
+	// key).
+	OnSnapshotCache func(hit bool) `yaml:"-"`
 }
 
 // Reuse configures warm upstream sessions: after a POP3 session ends
@@ -162,6 +166,9 @@ func (c *Config) Summary() string {
 func (c *Config) Build(env backends.Env) (backends.Backend, error) {
 	cfg := *c
 	cfg.Name = env.Name
+	if cfg.OnSnapshotCache == nil {
+		cfg.OnSnapshotCache = env.OnSnapshotCache
+	}
 	b, err := New(cfg, env.Log)
 	if err != nil {
 		return nil, err

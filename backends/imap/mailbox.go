@@ -148,8 +148,10 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 			condStore = false
 		} else if e = m.b.cache.get(key, sel); e != nil {
 			m.log.Debug().Int("messages", e.n).Msg("snapshot from cache")
+			m.b.cacheEvent(true)
 			return nil
 		}
+		m.b.cacheEvent(false)
 		e = &snapEntry{
 			uidValidity: sel.UIDValidity, uidNext: uint32(sel.UIDNext),
 			exists: sel.NumMessages, modSeq: sel.HighestModSeq,

@@ -58,7 +58,11 @@ func printConfigProblems(w io.Writer, path string, err error) {
 func summarize(w io.Writer, c *config.Config) {
 	fmt.Fprintf(w, "listeners:\n")
 	for _, l := range c.Listeners {
-		fmt.Fprintf(w, "  %-24s %s\n", l.Address, l.TLS)
+		pp := ""
+		if l.ProxyProtocol != nil {
+			pp = ", PROXY protocol required from " + strings.Join(l.ProxyProtocol.Trusted, ", ") + " (others refused)"
+		}
+		fmt.Fprintf(w, "  %-24s %s%s\n", l.Address, l.TLS, pp)
 	}
 	switch {
 	case c.TLS == nil:
@@ -99,7 +103,23 @@ func summarize(w io.Writer, c *config.Config) {
 	s := c.Session
 	fmt.Fprintf(w, "session: idle %s, login %s; connections: %s in all, %s per client address; close after %d protocol errors in a row\n",
 		s.IdleTimeout, s.LoginTimeout, limitText(s.MaxConnections), limitText(s.MaxConnectionsPerIP), s.MaxErrors)
-	fmt.Fprintf(w, "shutdown: drain %s\n", c.Shutdown.DrainTimeout)
+	fmt.Fprintf(w, "shutdown: ready delay %s, drain %s\n", c.Shutdown.ReadyDelay, c.Shutdown.DrainTimeout)
+	if cl := c.Cluster; cl != nil {
+		tls := ""
+		if cl.Redis.TLS {
+			tls = ", tls"
+		}
+		fmt.Fprintf(w, "cluster: Redis %s (db %d%s), lock lease %s: locks and login state shared\n", cl.Redis.Address, cl.Redis.DB, tls, cl.LockLease)
+	} else {
+		fmt.Fprintf(w, "cluster: none (locks and login state in this process)\n")
+	}
+	if a := c.Admin; a != nil {
+		tok := "no token"
+		if a.Token != "" {
+			tok = "bearer token required"
+		}
+		fmt.Fprintf(w, "admin: http://%s (/metrics /healthz /readyz, %s)\n", a.Address, tok)
+	}
 	fmt.Fprintf(w, "log: level %s, format %s\n", c.Log.Level, c.Log.Format)
 	summarizeOAuth(w, c)
 }

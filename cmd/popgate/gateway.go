@@ -154,6 +154,11 @@ type gateway struct {
 	ls    []net.Listener
 	// drain returns how long open sessions may finish at shutdown.
 	drain func() time.Duration
+	// readyDelay returns how long /readyz fails before the listeners
+	// close (shutdown.ready_delay); nil: none.
+	readyDelay func() time.Duration
+	// scale feeds /readyz (nil: no admin server).
+	scale *scale
 	// reload is called on SIGHUP; nil ignores SIGHUP.
 	reload func()
 	// ready, when set, is called once every listener is being served.
@@ -176,6 +181,7 @@ func (g *gateway) run() int {
 		go func() { errs <- g.srv.Serve(l, lc) }()
 		g.log.Info().Str("address", l.Addr().String()).Str("tls", string(lc.TLS)).Msg("listening")
 	}
+	g.scale.setListening(true)
 	if g.ready != nil {
 		g.ready()
 	}
@@ -202,18 +208,36 @@ loop:
 			break loop
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.drain())
+	// /readyz fails at once; the listeners stay open for ready_delay so
+	// that the balancer notices before connections are refused.
+	g.scale.setDraining()
+	second := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		// a second SIGTERM/SIGINT ends the drain at once
+		// a second SIGTERM/SIGINT ends the ready delay and the drain at once
 		for sig := range sigs {
 			if sig != syscall.SIGHUP {
 				g.log.Warn().Str("signal", sig.String()).Msg("second signal: closing open sessions now")
+				close(second)
 				cancel()
 				return
 			}
 		}
 	}()
+	if code == exitOK && g.readyDelay != nil {
+		if d := g.readyDelay(); d > 0 {
+			g.log.Info().Dur("ready_delay", d).Msg("not ready: listeners stay open for the ready delay")
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-second:
+			}
+			t.Stop()
+		}
+	}
+	ctx, cancelDrain := context.WithTimeout(ctx, g.drain())
+	defer cancelDrain()
 	if err := g.srv.Shutdown(ctx); err != nil {
 		g.log.Warn().Msg("drain timeout reached: remaining sessions closed without committing their deletions")
 	}

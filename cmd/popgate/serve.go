@@ -61,26 +61,48 @@ func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return exitFailure
 	}
-	d := &daemon{path: path, logs: logs, log: log, state: throttle.NewMemory(0)}
-	rt, err := d.build(cfg, log, nil)
-	if err != nil {
+	closeAll := func() {
 		for _, l := range ls {
 			l.Close()
 		}
+	}
+	sc, err := newScale(cfg, log)
+	if err != nil {
+		closeAll()
+		fmt.Fprintf(stderr, "popgate: %v\n", err)
+		var le *listenError
+		if errors.As(err, &le) {
+			return exitFailure
+		}
+		return exitUsage
+	}
+	defer sc.close()
+	if ls, err = wrapProxyProtocol(ls, cfg, log, sc.metrics); err != nil {
+		closeAll()
+		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
+		return exitUsage
+	}
+	d := &daemon{path: path, logs: logs, log: log, scale: sc, state: throttle.NewMemory(0)}
+	rt, err := d.build(cfg, log, nil)
+	if err != nil {
+		closeAll()
 		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
 	d.cur = rt
 	d.srv = proxy.New(rt.options)
 	log.Info().Str("version", versionString()).Str("config", path).Int("backends", len(cfg.Backends)).Int("routes", len(cfg.Routes)).Msg("popgate starting")
+	sc.start(log)
 	g := &gateway{
-		log:    log,
-		srv:    d.srv,
-		specs:  specs,
-		ls:     ls,
-		drain:  d.drainTimeout,
-		reload: d.reload,
-		stop:   stop,
+		log:        log,
+		srv:        d.srv,
+		specs:      specs,
+		ls:         ls,
+		drain:      d.drainTimeout,
+		readyDelay: d.readyDelay,
+		reload:     d.reload,
+		stop:       stop,
+		scale:      sc,
 	}
 	code := g.run()
 	d.mu.Lock()
@@ -98,6 +120,9 @@ type daemon struct {
 	srv  *proxy.Server
 	// state holds failure counts and last logins across reloads.
 	state throttle.Store
+	// scale (metrics, admin, cluster) is built once at start; nil in
+	// tests that build a daemon directly.
+	scale *scale
 
 	mu  sync.Mutex
 	cur *setup
@@ -148,6 +173,12 @@ func (d *daemon) drainTimeout() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cur.cfg.Shutdown.DrainTimeout
+}
+
+func (d *daemon) readyDelay() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cur.cfg.Shutdown.ReadyDelay
 }
 
 // running is one built backend: its section and its instance.
@@ -215,11 +246,14 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		if prev != nil {
 			if old := prev.backends[name]; old != nil && old.typ == b.Type && reflect.DeepEqual(old.settings, b.Settings) && prev.oauth == cu {
 				rt.backends[name] = old
-				bs[name] = old.inst
+				bs[name] = d.timed(name, old.inst)
 				continue
 			}
 		}
 		env := backends.Env{Name: name, Log: log}
+		if d.scale != nil {
+			env.OnSnapshotCache = d.scale.metrics.SnapshotCache
+		}
 		if cu != nil {
 			env.Tokens = cu.cu
 		}
@@ -233,7 +267,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 			log.Info().Str("backend", name).Msg("backend closed")
 		}(name, r.inst)
 		rt.backends[name] = r
-		bs[name] = r.inst
+		bs[name] = d.timed(name, r.inst)
 	}
 	var router *backends.Router
 	routes := make([]backends.Route, len(cfg.Routes))
@@ -275,7 +309,22 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	}
 	rt.mapper = uidlMapper(cfg, log, prev)
 	rt.options.UIDLMapper = rt.mapper
+	if d.scale != nil {
+		rt.options.Metrics = d.scale.metrics
+		if d.scale.cluster != nil {
+			rt.options.Locker = d.scale.cluster.Locker()
+		}
+	}
 	return rt, nil
+}
+
+// timed wraps a backend with the upstream latency metrics (when serve
+// built them).
+func (d *daemon) timed(name string, b backends.Backend) backends.Backend {
+	if d.scale == nil {
+		return b
+	}
+	return d.scale.metrics.Backend(name, b)
 }
 
 // reload re-reads the configuration file (SIGHUP). New sessions get the new
@@ -305,6 +354,10 @@ func (d *daemon) reload() {
 	if !reflect.DeepEqual(cfg.Listeners, old.cfg.Listeners) {
 		log.Warn().Msg("listeners changed in the file: they need a restart; the running listeners stay")
 		cfg.Listeners = old.cfg.Listeners
+	}
+	if !reflect.DeepEqual(cfg.Cluster, old.cfg.Cluster) || !reflect.DeepEqual(cfg.Admin, old.cfg.Admin) {
+		log.Warn().Msg("cluster or admin changed in the file: they need a restart; the running ones stay")
+		cfg.Cluster, cfg.Admin = old.cfg.Cluster, old.cfg.Admin
 	}
 	if cfg.TLS == nil && old.cfg.TLS != nil {
 		for _, l := range cfg.Listeners {

@@ -53,6 +53,11 @@ type Config struct {
 	// TokenStore is the encrypted file holding the credentials' tokens;
 	// required when Credentials is not empty.
 	TokenStore *oauth.StoreConfig `yaml:"token_store"`
+	// Cluster shares locks and login state between nodes through Redis;
+	// nil: everything stays in-process.
+	Cluster *Cluster `yaml:"cluster"`
+	// Admin is the admin HTTP server (metrics, health); nil: none.
+	Admin *Admin `yaml:"admin"`
 
 	// Path is the file the configuration was loaded from ("" for Parse).
 	Path string `yaml:"-"`
@@ -75,6 +80,9 @@ type Listener struct {
 	// TLS is none, starttls (STLS offered, RFC 2595) or implicit (POP3S,
 	// RFC 8314). Required.
 	TLS string `yaml:"tls"`
+	// ProxyProtocol requires a PROXY protocol header (v1 or v2) from the
+	// trusted load balancers and refuses every other source; nil: off.
+	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
 }
 
 // Backend is one upstream store as the file gives it: its type, and its
@@ -194,6 +202,10 @@ type Shutdown struct {
 	// DrainTimeout is how long open sessions may finish after SIGTERM or
 	// SIGINT (default 30s); then they are closed without committing.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// ReadyDelay is how long /readyz fails before the listeners close on
+	// SIGTERM, so that a load balancer stops sending connections first
+	// (default 0; only useful with an admin section).
+	ReadyDelay time.Duration `yaml:"ready_delay"`
 }
 
 // Migration configures UIDL migration (popgate uidl capture).

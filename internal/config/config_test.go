@@ -134,7 +134,7 @@ func TestUnknownKeyNamesKeyAndLine(t *testing.T) {
 		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge, reuse)`)
 
 	wantProblems(t, "listenerz: []\n"+withFiles(t, good),
-		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, accounts, auth, session, shutdown, log, migration, credentials, token_store)`)
+		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, accounts, auth, session, shutdown, log, migration, credentials, token_store, cluster, admin)`)
 }
 
 func TestEveryProblemReported(t *testing.T) {

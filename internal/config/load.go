@@ -139,6 +139,7 @@ func parse(data []byte) (*Config, Problems) {
 	c.dec = strictyaml.NewDecoder()
 	c.dec.Decode(root, c, "")
 	c.backendOrder = backendOrder(root)
+	c.applyClusterDefaults()
 	return c, c.dec.Problems()
 }
 

@@ -39,6 +39,7 @@ func (c *Config) validate() Problems {
 	k.auth()
 	k.session()
 	k.oauth()
+	k.cluster()
 	if c.Shutdown.DrainTimeout < 0 {
 		k.add("shutdown.drain_timeout", "must not be negative")
 	}

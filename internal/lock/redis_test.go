@@ -3,6 +3,8 @@ package lock_test
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -198,5 +200,84 @@ func TestAcquireLocal(t *testing.T) {
 	h.Release()
 	if l.Held("k") {
 		t.Fatal("still held after Release")
+	}
+}
+
+// BenchmarkRedisLogin measures what the shared lock adds to one POP3
+// session on a loopback Redis: Acquire at login, Confirm before the commit,
+// Release at the end, and reports the round trips per session: every lock
+// operation is one script call (EVALSHA), counted by Redis's own INFO
+// commandstats.
+//
+//	go test -run '^$' -bench Login -benchtime 2000x ./internal/lock
+func BenchmarkRedisLogin(b *testing.B) {
+	srv, err := redis.New(redis.Options{Password: "pw"})
+	if errors.Is(err, redis.ErrNotInstalled) {
+		b.Skip(err)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: "pw"})
+	defer c.Close()
+	l := lock.NewRedis(c, "bench:", 30*time.Second, zerolog.Nop())
+	ctx := context.Background()
+	for _, commit := range []bool{false, true} {
+		name := "login-quit"
+		if commit {
+			name = "login-dele-quit"
+		}
+		b.Run(name, func(b *testing.B) {
+			h, _ := l.Acquire(ctx, "warm") // loads the scripts
+			h.Release()
+			before := redisCalls(b, c)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				h, err := l.Acquire(ctx, "alice")
+				if err != nil {
+					b.Fatal(err)
+				}
+				if commit {
+					if _, err := h.Confirm(ctx, time.Minute); err != nil {
+						b.Fatal(err)
+					}
+				}
+				h.Release()
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(redisCalls(b, c)-before)/float64(b.N), "round-trips/op")
+		})
+	}
+}
+
+// redisCalls is the number of script calls (EVAL, EVALSHA) Redis counted.
+func redisCalls(b *testing.B, c *goredis.Client) int64 {
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total int64
+	for _, line := range strings.Split(info, "\n") {
+		if !strings.HasPrefix(line, "cmdstat_evalsha:") && !strings.HasPrefix(line, "cmdstat_eval:") {
+			continue
+		}
+		_, rest, _ := strings.Cut(line, ":calls=")
+		n, _, _ := strings.Cut(rest, ",")
+		v, _ := strconv.ParseInt(n, 10, 64)
+		total += v
+	}
+	return total
+}
+
+func BenchmarkLocalLogin(b *testing.B) {
+	l := lock.NewLocal()
+	ctx := context.Background()
+	for i := 0; i < b.N; i++ {
+		h, err := lock.Acquire(ctx, l, "alice")
+		if err != nil {
+			b.Fatal(err)
+		}
+		h.Release()
 	}
 }

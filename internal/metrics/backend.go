@@ -39,6 +39,10 @@ func (t *timedBackend) Login(ctx context.Context, c backends.Credentials) (backe
 	return tm, nil
 }
 
+// AcceptsBearer forwards backends.BearerAcceptor of the wrapped backend
+// (CAPA offers XOAUTH2/OAUTHBEARER only when a backend takes tokens).
+func (t *timedBackend) AcceptsBearer() bool { return backends.AcceptsBearer(t.b) }
+
 // Close implements backends.Backend: it closes the wrapped backend.
 func (t *timedBackend) Close() error { return t.b.Close() }
 

@@ -59,6 +59,9 @@ func TestCounters(t *testing.T) {
 	if id := backends.MaildropID(mb, backends.Credentials{Username: "alice"}); id != "drop-7" {
 		t.Fatalf("the wrapped mailbox lost MaildropID: %q", id)
 	}
+	if _, ok := backends.Find[backends.MaildropIdentifier](mb); !ok {
+		t.Fatal("the wrapped mailbox cannot be unwrapped")
+	}
 	mb.Snapshot(context.Background())
 	mb.Commit(context.Background(), nil)
 	mb.Close()

@@ -161,6 +161,10 @@ func Config(opts Options, addr, sock string) (string, error) {
 	w("  timeout client 10m")
 	w("  timeout server 10m")
 	w("  timeout check 2s")
+	// A connection that reaches a node whose listener just closed (a
+	// rolling restart) is tried again on another one.
+	w("  retries 3")
+	w("  option redispatch")
 	w("frontend pop3")
 	w("  bind %s", addr)
 	w("  default_backend nodes")

@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"time"
 )
 
 // Backend authenticates a user against one store and opens the maildrop.
@@ -77,6 +78,8 @@ type Credentials struct {
 	RemoteAddr net.Addr
 	// TLS reports whether the client connection is encrypted.
 	TLS bool
+	// Listener names the listener the client connected to ("" if unknown).
+	Listener string
 }
 
 // String describes the credentials without the secret, so that a %v in a
@@ -136,4 +139,27 @@ func MaildropID(mb Mailbox, c Credentials) string {
 		}
 	}
 	return c.Username
+}
+
+// LoginDelayer is an optional interface of a Mailbox: the minimum time
+// between two logins to this maildrop that applies to the session, which
+// CAPA announces after login (RFC 2449 §6.5). 0: none.
+type LoginDelayer interface {
+	LoginDelay() time.Duration
+}
+
+// LoginDelayOf returns the login delay of mb or of a Mailbox it wraps
+// (through Unwrap() Mailbox), and whether one implements LoginDelayer.
+func LoginDelayOf(mb Mailbox) (time.Duration, bool) {
+	for mb != nil {
+		if ld, ok := mb.(LoginDelayer); ok {
+			return ld.LoginDelay(), true
+		}
+		u, ok := mb.(interface{ Unwrap() Mailbox })
+		if !ok {
+			return 0, false
+		}
+		mb = u.Unwrap()
+	}
+	return 0, false
 }

@@ -125,14 +125,27 @@ func (rt *Router) Resolve(login string) (backend, upstream string, ok bool) {
 
 // Login implements Backend.
 func (rt *Router) Login(ctx context.Context, c Credentials) (Mailbox, error) {
-	name, upstream, ok := rt.Resolve(c.Username)
-	if !ok {
-		rt.log.Debug().Str("user", c.Username).Msg("login refused: no route matches the login name")
-		return nil, ErrAuthFailed.Wrap(errors.New("no route matches the login name"))
+	return rt.LoginTo(ctx, "", c)
+}
+
+// LoginTo logs in at the backend named backend with c as it is (no route,
+// no rewrite), or, for backend "", routes c.Username like Login. The
+// Mailbox reports the same MaildropID as one from Login. An unknown
+// backend name is an error with the generic [SYS/TEMP] text.
+func (rt *Router) LoginTo(ctx context.Context, backend string, c Credentials) (Mailbox, error) {
+	name, uc := backend, c
+	if name == "" {
+		var ok bool
+		name, uc.Username, ok = rt.Resolve(c.Username)
+		if !ok {
+			rt.log.Debug().Str("user", c.Username).Msg("login refused: no route matches the login name")
+			return nil, ErrAuthFailed.Wrap(errors.New("no route matches the login name"))
+		}
 	}
-	b := rt.backends[name]
-	uc := c
-	uc.Username = upstream
+	b, ok := rt.backends[name]
+	if !ok {
+		return nil, fmt.Errorf("no backend named %q", name)
+	}
 	mb, err := b.Login(ctx, uc)
 	if err != nil {
 		return nil, err

@@ -35,6 +35,24 @@ func TestCAPA(t *testing.T) {
 			want: with("USER", "SASL PLAIN LOGIN", "LOGIN-DELAY 90", "EXPIRE NEVER", "IMPLEMENTATION popgate-test"),
 		},
 		{
+			name: "login delays vary per user: the global value with USER before login",
+			mode: TLSNone, plain: true,
+			opts: func(o *Options) {
+				o.LoginDelay = 300 * time.Second
+				o.LoginDelayVaries = func() bool { return true }
+			},
+			want: with("USER", "SASL PLAIN LOGIN", "LOGIN-DELAY 300 USER", "IMPLEMENTATION popgate"),
+		},
+		{
+			name: "after login, a mailbox without its own delay: the global value, no USER",
+			mode: TLSNone, plain: true, loggedIn: true,
+			opts: func(o *Options) {
+				o.LoginDelay = 300 * time.Second
+				o.LoginDelayVaries = func() bool { return true }
+			},
+			want: with("LOGIN-DELAY 300", "IMPLEMENTATION popgate"),
+		},
+		{
 			name: "after login: no USER, no SASL",
 			mode: TLSNone, plain: true, loggedIn: true,
 			want: with("IMPLEMENTATION popgate"),

@@ -186,17 +186,15 @@ var capabilities = [...]struct {
 	name  string
 	offer func(ss *session) (arg string, ok bool)
 }{
-	{"TOP", always},                // RFC 2449 §6.1
-	{"UIDL", always},               // RFC 2449 §6.2
-	{"RESP-CODES", always},         // RFC 2449 §6.4
-	{"AUTH-RESP-CODE", always},     // RFC 3206 §6
-	{"PIPELINING", always},         // RFC 2449 §6.6
-	{"USER", (*session).offerUSER}, // RFC 2449 §6.8
-	{"SASL", (*session).offerSASL}, // RFC 5034 §6
-	{"STLS", (*session).offerSTLS}, // RFC 2595 §4
-	{"LOGIN-DELAY", func(ss *session) (string, bool) { // RFC 2449 §6.5
-		return strconv.Itoa(int(ss.o.LoginDelay / time.Second)), ss.o.LoginDelay > 0
-	}},
+	{"TOP", always},                             // RFC 2449 §6.1
+	{"UIDL", always},                            // RFC 2449 §6.2
+	{"RESP-CODES", always},                      // RFC 2449 §6.4
+	{"AUTH-RESP-CODE", always},                  // RFC 3206 §6
+	{"PIPELINING", always},                      // RFC 2449 §6.6
+	{"USER", (*session).offerUSER},              // RFC 2449 §6.8
+	{"SASL", (*session).offerSASL},              // RFC 5034 §6
+	{"STLS", (*session).offerSTLS},              // RFC 2595 §4
+	{"LOGIN-DELAY", (*session).offerLoginDelay}, // RFC 2449 §6.5
 	{"EXPIRE", func(ss *session) (string, bool) { return ss.o.Expire, ss.o.Expire != "" }},    // RFC 2449 §6.7
 	{"IMPLEMENTATION", func(ss *session) (string, bool) { return ss.o.Implementation, true }}, // RFC 2449 §6.9
 }

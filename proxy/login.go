@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,6 +59,25 @@ func (ss *session) cmdPASS(a args) (reply, error) {
 	return ss.login(backends.Credentials{Username: user, Password: string(a.text), Mechanism: "USER"})
 }
 
+// offerLoginDelay announces LOGIN-DELAY (RFC 2449 §6.5): before login the
+// global value, followed by USER when a login may get its own
+// (Options.LoginDelayVaries); after login the session's own, which the
+// Mailbox reports through backends.LoginDelayer.
+func (ss *session) offerLoginDelay() (string, bool) {
+	varies := ss.o.LoginDelayVaries != nil && ss.o.LoginDelayVaries()
+	secs := func(d time.Duration) string { return strconv.Itoa(int(d / time.Second)) }
+	if ss.state == stateTransaction {
+		if d, ok := backends.LoginDelayOf(ss.mb); ok {
+			return secs(d), d > 0 || ss.o.LoginDelay > 0 || varies
+		}
+		return secs(ss.o.LoginDelay), ss.o.LoginDelay > 0
+	}
+	if varies {
+		return secs(ss.o.LoginDelay) + " USER", true
+	}
+	return secs(ss.o.LoginDelay), ss.o.LoginDelay > 0
+}
+
 // cmdAPOP: APOP would need the clear password upstream; it is not offered
 // (no timestamp in the greeting, RFC 1939 §7).
 func (ss *session) cmdAPOP(args) (reply, error) {
@@ -79,6 +99,7 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.conn.lr.wipe() // the line held the password or the SASL response
 	c.RemoteAddr = ss.conn.raw.RemoteAddr()
 	c.TLS = ss.conn.tls
+	c.Listener = ss.lc.Name
 	if err := ss.admit(c); err != nil {
 		return reply{}, err
 	}

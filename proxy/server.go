@@ -59,12 +59,16 @@ type Options struct {
 	// about well-formed message numbers that are deleted or out of range,
 	// upstream failures and failed logins (see MaxAuthFailures) do not count,
 	// and do not reset the count; a +OK resets it.
-	MaxErrors      int
-	MaxConns       int           // open connections, all listeners together; 0 = unlimited
-	MaxConnsPerIP  int           // open connections from one client address; 0 = unlimited (the default: NAT)
-	LoginDelay     time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds
-	Expire         string        // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
-	Implementation string        // CAPA IMPLEMENTATION; default "popgate"
+	MaxErrors     int
+	MaxConns      int           // open connections, all listeners together; 0 = unlimited
+	MaxConnsPerIP int           // open connections from one client address; 0 = unlimited (the default: NAT)
+	LoginDelay    time.Duration // >0: advertise LOGIN-DELAY (RFC 2449 §6.5), in seconds; enforcing it is the Backend's (internal/identity)
+	// LoginDelayVaries, when set and true, adds USER to LOGIN-DELAY before
+	// login: a login may get its own delay, announced after login from the
+	// Mailbox's backends.LoginDelayer (RFC 2449 §6.5).
+	LoginDelayVaries func() bool
+	Expire           string // "": not advertised; "NEVER" or days (RFC 2449 §6.7)
+	Implementation   string // CAPA IMPLEMENTATION; default "popgate"
 	// UIDLMapper, when set, may change the UIDLs of every snapshot before
 	// the session presents them (UIDL migration); its error fails the login
 	// with [SYS/TEMP].

@@ -21,6 +21,11 @@ func runCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	c, err := config.Load(*path, storeTypes)
+	if err == nil {
+		if ps := checkAccounts(c); len(ps) > 0 {
+			err = &config.FileError{Path: *path, Err: ps}
+		}
+	}
 	if err != nil {
 		printConfigProblems(stderr, *path, err)
 		return exitUsage
@@ -93,8 +98,8 @@ func summarize(w io.Writer, c *config.Config) {
 	if c.Auth.AllowPlaintext {
 		plain = "ALLOWED before TLS"
 	}
-	fmt.Fprintf(w, "auth: plaintext logins %s; failure delay %s, at most %d failures per connection\n",
-		plain, c.Auth.FailureDelay, c.Auth.MaxFailures)
+	fmt.Fprintf(w, "auth: plaintext logins %s; at most %d failed logins per connection\n", plain, c.Auth.MaxFailures)
+	summarizeIdentity(w, c)
 	s := c.Session
 	fmt.Fprintf(w, "session: idle %s, login %s; connections: %s in all, %s per client address; close after %d protocol errors in a row\n",
 		s.IdleTimeout, s.LoginTimeout, limitText(s.MaxConnections), limitText(s.MaxConnectionsPerIP), s.MaxErrors)

@@ -49,6 +49,7 @@ func commands() []command {
 		{"check-config", "validate a configuration file and print what it sets up", runCheckConfig},
 		{"uidl", "capture, show or forget the UIDLs of a retired POP3 server (migration)", runUIDL},
 		{"check-store", "check a live REST store against popgate's store contract", runCheckStore},
+		{"hash-password", "print the argon2id hash of a device password read from standard input", runHashPassword},
 		{"oauth", "OAuth2 credentials: status, enroll NAME, rekey", runOAuth},
 		{"version", "print the version", runVersion},
 	}

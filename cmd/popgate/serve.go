@@ -15,6 +15,7 @@ import (
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/config"
 	"github.com/popgate/popgate/internal/migration"
+	"github.com/popgate/popgate/internal/throttle"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/tlsconf"
 )
@@ -81,7 +82,7 @@ func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
-	d := &daemon{path: path, logs: logs, log: log, scale: sc}
+	d := &daemon{path: path, logs: logs, log: log, scale: sc, state: throttle.NewMemory(0)}
 	rt, err := d.build(cfg, log, nil)
 	if err != nil {
 		closeAll()
@@ -117,6 +118,8 @@ type daemon struct {
 	logs *logSwitch     // level and format of every logger
 	log  zerolog.Logger // writes through logs
 	srv  *proxy.Server
+	// state holds failure counts and last logins across reloads.
+	state throttle.Store
 	// scale (metrics, admin, cluster) is built once at start; nil in
 	// tests that build a daemon directly.
 	scale *scale
@@ -136,6 +139,7 @@ type setup struct {
 	// unchanged ones to the next setup.
 	backends map[string]*running
 	mapper   *migration.Mapper // UIDL migration; kept across reloads while its settings stay
+	ident    identityParts     // accounts file or auth hook
 	oauth    *custody          // nil without credentials
 }
 
@@ -147,6 +151,7 @@ func (r *setup) close() {
 	for _, b := range r.backends {
 		b.inst.Close()
 	}
+	r.ident.close(nil)
 }
 
 // retire closes what the setup next does not share: its TLS manager and
@@ -161,6 +166,7 @@ func (r *setup) retire(next *setup) {
 			b.inst.Close()
 		}
 	}
+	r.ident.close(&next.ident)
 }
 
 func (d *daemon) drainTimeout() time.Duration {
@@ -187,6 +193,9 @@ type running struct {
 // start): an unchanged tls section keeps its Manager (reloaded from the
 // files instead).
 func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*setup, error) {
+	if ps := checkAccounts(cfg); len(ps) > 0 {
+		return nil, ps
+	}
 	rt := &setup{cfg: cfg, log: log}
 	if cfg.TLS != nil {
 		rt.tlsCfg = *cfg.TLS
@@ -207,6 +216,11 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	fail := func(err error) (*setup, error) {
 		if rt.tls != nil && (prev == nil || rt.tls != prev.tls) {
 			rt.tls.Close()
+		}
+		if prev != nil {
+			rt.ident.close(&prev.ident)
+		} else {
+			rt.ident.close(nil)
 		}
 		for name, r := range rt.backends {
 			if prev == nil || prev.backends[name] == nil || prev.backends[name].inst != r.inst {
@@ -264,9 +278,16 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if err != nil {
 		return fail(fmt.Errorf("routes: %w", err))
 	}
+	if rt.ident, err = buildIdentity(cfg, log, prev); err != nil {
+		return fail(err)
+	}
+	// Every login passes the gate: failure delays, device accounts or the
+	// hook, LOGIN-DELAY; only then the router and the upstream.
+	gate := newGate(cfg, log, rt.ident, router, d.state)
 	a, s := cfg.Auth, cfg.Session
 	rt.options = proxy.Options{
-		Backend:          router,
+		Backend:          gate,
+		LoginDelayVaries: gate.PerUserLoginDelay,
 		AllowPlaintext:   a.AllowPlaintext,
 		IdleTimeout:      s.IdleTimeout,
 		LoginTimeout:     s.LoginTimeout,
@@ -282,6 +303,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		Implementation:   "popgate",
 		Logger:           log,
 	}
+	rt.options.AuthFailureDelay = -1 // the gate waits the growing failure delay
 	if rt.tls != nil {
 		rt.options.TLSConfig = rt.tls.ServerConfig()
 	}

@@ -34,6 +34,9 @@ type Config struct {
 	Backends map[string]*Backend `yaml:"backends"`
 	// Routes map login names to backends; the first match wins.
 	Routes []Route `yaml:"routes"`
+	// Accounts are device accounts (a file) or the auth hook (http); nil:
+	// logins pass through to the routes with the client's credentials.
+	Accounts *Accounts `yaml:"accounts"`
 	// Auth controls login.
 	Auth Auth `yaml:"auth"`
 	// Session holds per-connection timeouts and limits.
@@ -128,12 +131,38 @@ type Rewrite struct {
 type Auth struct {
 	// AllowPlaintext allows USER/PASS and AUTH PLAIN/LOGIN before TLS.
 	AllowPlaintext bool `yaml:"allow_plaintext"`
-	// FailureDelay is the pause before answering a failed login (default 2s).
+	// FailureDelay is the pause before answering the first failed login of
+	// a client address or user name (default 2s); each further failure of
+	// the same address or user doubles it, up to FailureMaxDelay. Failures
+	// are forgotten after 15 minutes without one. 0s turns the penalty off.
 	FailureDelay time.Duration `yaml:"failure_delay"`
+	// FailureMaxDelay caps the growing failure delay (default 15s).
+	FailureMaxDelay time.Duration `yaml:"failure_max_delay"`
 	// MaxFailures closes the connection after this many failed logins
 	// (default 3).
 	MaxFailures int `yaml:"max_failures"`
 }
+
+// Accounts is where device logins are decided: file or http, not both.
+type Accounts struct {
+	// File is the accounts file (see README "Device accounts"), reloaded
+	// on SIGHUP and when it changes.
+	File string `yaml:"file"`
+	// HTTP is the auth hook.
+	HTTP *AccountsHTTP `yaml:"http"`
+}
+
+// AccountsHTTP is the auth hook: popgate POSTs each login to URL.
+type AccountsHTTP struct {
+	URL     string            `yaml:"url"`     // http:// or https://; required
+	Timeout time.Duration     `yaml:"timeout"` // per call; 0: DefaultHookTimeout (5s)
+	Headers map[string]string `yaml:"headers"` // sent with every call, e.g. Authorization
+	CAFile  string            `yaml:"ca_file"` // extra trusted roots (PEM) for https
+}
+
+// DefaultHookTimeout bounds one auth hook call when accounts.http.timeout
+// is not set.
+const DefaultHookTimeout = 5 * time.Second
 
 // Session holds per-connection timeouts and limits.
 type Session struct {
@@ -159,7 +188,9 @@ type Session struct {
 	// MaxConnectionsPerIP is the limit per client address (default 0: no
 	// limit, so that many clients behind one NAT or load balancer work).
 	MaxConnectionsPerIP int `yaml:"max_connections_per_ip"`
-	// LoginDelay is announced as LOGIN-DELAY (RFC 2449 §6.5); 0: not announced.
+	// LoginDelay is the minimum time between two logins to one maildrop,
+	// announced as LOGIN-DELAY (RFC 2449 §6.5) and enforced: a login sooner
+	// gets -ERR [LOGIN-DELAY] (§8.1.2). An account may set its own. 0: none.
 	LoginDelay time.Duration `yaml:"login_delay"`
 	// Expire is announced as EXPIRE (RFC 2449 §6.7): NEVER or a number of
 	// days; empty: not announced.
@@ -195,8 +226,9 @@ func Defaults() *Config {
 	o := proxy.DefaultOptions()
 	return &Config{
 		Auth: Auth{
-			FailureDelay: o.AuthFailureDelay,
-			MaxFailures:  o.MaxAuthFailures,
+			FailureDelay:    o.AuthFailureDelay,
+			FailureMaxDelay: 15 * time.Second,
+			MaxFailures:     o.MaxAuthFailures,
 		},
 		Session: Session{
 			IdleTimeout:         o.IdleTimeout,

@@ -134,7 +134,7 @@ func TestUnknownKeyNamesKeyAndLine(t *testing.T) {
 		`line 15: backends.main: unknown key "adress" (known keys: type, address, tls, mailbox, uidl_template, server_name, ca_file, min_version, insecure_skip_verify, dial_timeout, command_timeout, mark_seen, snapshot_cache, delete, uidl_header, allow_plain_expunge, reuse)`)
 
 	wantProblems(t, "listenerz: []\n"+withFiles(t, good),
-		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, auth, session, shutdown, log, migration, credentials, token_store, cluster, admin)`)
+		`line 1: unknown key "listenerz" (known keys: listeners, tls, backends, routes, accounts, auth, session, shutdown, log, migration, credentials, token_store, cluster, admin)`)
 }
 
 func TestEveryProblemReported(t *testing.T) {
@@ -291,4 +291,55 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestAccountsAndFailureKeys(t *testing.T) {
+	dir := t.TempDir()
+	accts := dir + "/accounts.yaml"
+	if err := os.WriteFile(accts, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := "listeners: [{address: \"127.0.0.1:1110\", tls: none}]\nauth: {allow_plaintext: true}\nbackends:\n  corp: {type: imap, address: \"127.0.0.1:143\", tls: none}\nroutes: [{match: \"*\", backend: corp}]\n"
+	c, err := Parse([]byte(base), types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Accounts != nil || c.Auth.FailureDelay != 2*time.Second || c.Auth.FailureMaxDelay != 15*time.Second {
+		t.Fatalf("defaults: accounts %v, failure delay %v, max %v", c.Accounts, c.Auth.FailureDelay, c.Auth.FailureMaxDelay)
+	}
+	c, err = Parse([]byte(strings.Replace(base, "auth: {allow_plaintext: true}", "auth: {allow_plaintext: true, failure_delay: 1s, failure_max_delay: 1m}\naccounts: {file: "+accts+"}", 1)), types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Accounts.File != accts || c.Auth.FailureMaxDelay != time.Minute {
+		t.Fatalf("accounts %+v, max %v", c.Accounts, c.Auth.FailureMaxDelay)
+	}
+	c, err = Parse([]byte(base+"accounts:\n  http: {url: \"https://auth.example/popgate\", headers: {Authorization: \"Bearer x\"}}\n"), types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := c.Accounts.HTTP; h.URL != "https://auth.example/popgate" || h.Timeout != 0 || h.Headers["Authorization"] != "Bearer x" {
+		t.Fatalf("http %+v", h)
+	}
+	for extra, want := range map[string]string{
+		"accounts: {}\n": "accounts: set file",
+		"accounts: {file: " + accts + ", http: {url: \"https://a.example/\"}}\n": "not both",
+		"accounts: {file: " + dir + "/none.yaml}\n":                              "accounts.file: ",
+		"accounts: {http: {url: \"ftp://a.example/\"}}\n":                        "accounts.http.url: required",
+		"accounts: {http: {url: \"https://u:SeCrEt@a.example/\"}}\n":             "must not hold credentials",
+		"accounts: {http: {url: \"https://a.example/\", timeout: -1s}}\n":        "accounts.http.timeout",
+		"accounts: {file: " + accts + ", colour: red}\n":                         "unknown key \"colour\"",
+	} {
+		_, err := Parse([]byte(base+extra), types)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", extra, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "SeCrEt") {
+			t.Errorf("%q: the error shows the URL's password: %v", extra, err)
+		}
+	}
+	_, err = Parse([]byte(strings.Replace(base, "auth: {allow_plaintext: true}", "auth: {allow_plaintext: true, failure_delay: 10s, failure_max_delay: 5s}", 1)), types)
+	if err == nil || !strings.Contains(err.Error(), "auth.failure_max_delay: must not be below") {
+		t.Errorf("max below base: %v", err)
+	}
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
 
@@ -139,6 +141,47 @@ func (k *checker) auth() {
 	if a.MaxFailures < 1 {
 		k.add("auth.max_failures", "must be at least 1")
 	}
+	if a.FailureDelay < 0 {
+		k.add("auth.failure_delay", "must not be negative")
+	}
+	if a.FailureMaxDelay < 0 {
+		k.add("auth.failure_max_delay", "must not be negative")
+	} else if a.FailureMaxDelay < a.FailureDelay {
+		k.add("auth.failure_max_delay", "must not be below auth.failure_delay (%s)", a.FailureDelay)
+	}
+	k.accounts()
+}
+
+func (k *checker) accounts() {
+	a := k.c.Accounts
+	if a == nil {
+		return
+	}
+	switch {
+	case a.File == "" && a.HTTP == nil:
+		k.add("accounts", "set file (an accounts file) or http (the auth hook)")
+	case a.File != "" && a.HTTP != nil:
+		k.add("accounts", "use either file or http, not both")
+	case a.File != "":
+		if err := fileReadable(a.File); err != nil {
+			k.add("accounts.file", "%v", err)
+		}
+	default:
+		h := a.HTTP
+		if u, err := url.Parse(h.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			k.add("accounts.http.url", "required: an http:// or https:// URL")
+		} else if u.User != nil {
+			k.add("accounts.http.url", "must not hold credentials: put them in headers")
+		}
+		if h.Timeout < 0 {
+			k.add("accounts.http.timeout", "must not be negative")
+		}
+		if h.CAFile != "" {
+			if err := fileReadable(h.CAFile); err != nil {
+				k.add("accounts.http.ca_file", "%v", err)
+			}
+		}
+	}
 }
 
 func (k *checker) session() {
@@ -170,4 +213,16 @@ func (k *checker) session() {
 			k.add("session.expire", "%q: want NEVER or a number of days", e)
 		}
 	}
+}
+
+// fileReadable reports whether path can be opened, naming the file.
+func fileReadable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		if pe, ok := err.(*os.PathError); ok {
+			return fmt.Errorf("%s: %v", path, pe.Err)
+		}
+		return err
+	}
+	return f.Close()
 }

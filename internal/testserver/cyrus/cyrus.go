@@ -414,13 +414,23 @@ func (s *Server) addUser(saslpasswd, name, password string, asCyrus bool) error 
 // mailboxes created at the same moment by separate imapd processes the
 // same unique id (JMAP Mailbox id), and then rejects the id as another
 // account's (Email/query: invalidArguments filter/inMailbox).
-var createMu sync.Mutex
+// Serializing is not enough: on an idle machine two users created within
+// the same second still got one id, so creations are also spaced by more
+// than a second (lastCreate).
+var (
+	createMu   sync.Mutex
+	lastCreate time.Time
+)
 
 // createMailboxes logs name in once over IMAP, which creates INBOX, Drafts,
 // Sent, Trash and Junk.
 func (s *Server) createMailboxes(name string) error {
 	createMu.Lock()
 	defer createMu.Unlock()
+	if wait := 1100*time.Millisecond - time.Since(lastCreate); wait > 0 {
+		time.Sleep(wait)
+	}
+	defer func() { lastCreate = time.Now() }()
 	c, err := s.Dial(name)
 	if err != nil {
 		return err

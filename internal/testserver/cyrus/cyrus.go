@@ -24,6 +24,7 @@ package cyrus
 import (
 	"errors"
 	"fmt"
+	"github.com/popgate/popgate/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -544,31 +545,7 @@ func (s *Server) Append(user, mailbox string, raw []byte, flags ...imap.Flag) (i
 // server says it does not exist ([TRYCREATE], RFC 3501 §6.3.11), and
 // returns the new UID (UIDPLUS APPENDUID, RFC 4315 §3).
 func AppendWith(c *imapclient.Client, mailbox string, raw []byte, flags ...imap.Flag) (imap.UID, error) {
-	try := func() (*imap.AppendData, error) {
-		cmd := c.Append(mailbox, int64(len(raw)), &imap.AppendOptions{Flags: flags})
-		if _, err := cmd.Write(raw); err != nil {
-			cmd.Close()
-			cmd.Wait()
-			return nil, err
-		}
-		if err := cmd.Close(); err != nil {
-			cmd.Wait()
-			return nil, err
-		}
-		return cmd.Wait()
-	}
-	data, err := try()
-	var ierr *imap.Error
-	if errors.As(err, &ierr) && (ierr.Code == imap.ResponseCodeTryCreate || ierr.Code == imap.ResponseCodeNonExistent) {
-		if err := c.Create(mailbox, nil).Wait(); err != nil {
-			return 0, err
-		}
-		data, err = try()
-	}
-	if err != nil {
-		return 0, err
-	}
-	return data.UID, nil
+	return testutil.IMAPAppend(c, mailbox, raw, flags...)
 }
 
 // JMAPReady reports whether the JMAP session resource answers for user

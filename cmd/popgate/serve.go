@@ -233,7 +233,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if prev != nil {
 		prevOAuth = prev.oauth
 	}
-	cu, err := buildCustody(cfg, log, prevOAuth)
+	cu, err := buildCustody(cfg, log, prevOAuth, d.scale)
 	if err != nil {
 		return fail(err)
 	}

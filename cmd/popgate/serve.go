@@ -295,6 +295,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		CommandTimeout:   s.CommandTimeout,
 		AuthFailureDelay: a.FailureDelay,
 		MaxAuthFailures:  a.MaxFailures,
+		MaxSASLBuffers:   a.MaxSASLBuffers,
 		MaxErrors:        s.MaxErrors,
 		MaxConns:         s.MaxConnections,
 		MaxConnsPerIP:    s.MaxConnectionsPerIP,

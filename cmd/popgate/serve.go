@@ -233,7 +233,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if prev != nil {
 		prevOAuth = prev.oauth
 	}
-	cu, err := buildCustody(cfg, log, prevOAuth)
+	cu, err := buildCustody(cfg, log, prevOAuth, d.scale)
 	if err != nil {
 		return fail(err)
 	}
@@ -295,6 +295,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		CommandTimeout:   s.CommandTimeout,
 		AuthFailureDelay: a.FailureDelay,
 		MaxAuthFailures:  a.MaxFailures,
+		MaxSASLBuffers:   a.MaxSASLBuffers,
 		MaxErrors:        s.MaxErrors,
 		MaxConns:         s.MaxConnections,
 		MaxConnsPerIP:    s.MaxConnectionsPerIP,

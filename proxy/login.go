@@ -124,6 +124,16 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "internal error, try again later")
 	}
+	// From here on the session's log lines name the user (the store
+	// accepted the name); a login that fails below goes back to the
+	// anonymous logger, as the client may try another name.
+	anon := ss.log
+	ss.log = ss.log.With().Str("user", c.Username).Logger()
+	defer func() {
+		if ss.state != stateTransaction {
+			ss.log = anon
+		}
+	}()
 	key := backends.MaildropID(mb, c)
 	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 	lockStart := time.Now()
@@ -133,13 +143,13 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
-			ss.log.Info().Str("user", c.Username).Msg("maildrop in use")
+			ss.log.Info().Msg("maildrop in use")
 			ss.o.Metrics.Login(loginInUse)
 			return reply{}, refusal(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
 		}
 		// A shared lock store that cannot be reached: never a session
 		// without the lock (RFC 3206 §4: SYS/TEMP).
-		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
+		ss.log.Warn().Err(err).Msg("maildrop lock failed")
 		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
@@ -166,7 +176,6 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
-	ss.log = ss.log.With().Str("user", c.Username).Logger()
 	ss.log.Debug().Str("mechanism", c.Mechanism).Int("messages", len(msgs)).Msg("logged in")
 	return reply{text: ss.maildropText()}, nil
 }

@@ -235,7 +235,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	if prev != nil {
 		prevOAuth = prev.oauth
 	}
-	cu, err := buildCustody(cfg, log, prevOAuth)
+	cu, err := buildCustody(cfg, log, prevOAuth, d.scale)
 	if err != nil {
 		return fail(err)
 	}
@@ -297,6 +297,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 		CommandTimeout:   s.CommandTimeout,
 		AuthFailureDelay: a.FailureDelay,
 		MaxAuthFailures:  a.MaxFailures,
+		MaxSASLBuffers:   a.MaxSASLBuffers,
 		MaxErrors:        s.MaxErrors,
 		MaxConns:         s.MaxConnections,
 		MaxConnsPerIP:    s.MaxConnectionsPerIP,

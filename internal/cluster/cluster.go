@@ -44,9 +44,10 @@ const DefaultTimeout = 2 * time.Second
 
 // Cluster is the shared state of one node.
 type Cluster struct {
-	client *redis.Client
-	locker *lock.Redis
-	store  *Store
+	client  *redis.Client
+	locker  *lock.Redis
+	refresh *lock.Redis
+	store   *Store
 }
 
 // New connects lazily (the first command dials): a node starts even when
@@ -95,12 +96,20 @@ func New(o Options, log zerolog.Logger) (*Cluster, error) {
 	return &Cluster{
 		client: c,
 		locker: lock.NewRedis(c, o.KeyPrefix, o.LockLease, log),
-		store:  &Store{c: c, prefix: o.KeyPrefix + "throttle:"},
+		// OAuth refresh locks: PREFIX + "oauth:lock:" + credential name,
+		// apart from the maildrop locks.
+		refresh: lock.NewRedis(c, o.KeyPrefix+"oauth:", o.LockLease, log),
+		store:   &Store{c: c, prefix: o.KeyPrefix + "throttle:"},
 	}, nil
 }
 
 // Locker is the maildrop lock shared by every node.
 func (c *Cluster) Locker() *lock.Redis { return c.locker }
+
+// RefreshLocker is the lock every node takes before it refreshes an
+// OAuth2 credential's token (keys PREFIX + "oauth:lock:" + name), so that
+// two nodes never spend one refresh token against each other.
+func (c *Cluster) RefreshLocker() *lock.Redis { return c.refresh }
 
 // Store is the failure-penalty and LOGIN-DELAY state shared by every node.
 func (c *Cluster) Store() *Store { return c.store }

@@ -197,6 +197,11 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 
 	uc := c
 	uc.Username, uc.Password = id.UpstreamUser, id.UpstreamPassword
+	if g.o.Source != nil {
+		// The account's upstream login: a password, a credential's token
+		// or the hook's token; never what the device sent.
+		uc.Credential, uc.Token = id.UpstreamCredential, id.UpstreamToken
+	}
 	mb, err := g.o.Upstream.LoginTo(ctx, id.Backend, uc)
 	if err != nil {
 		if claimed {
@@ -212,7 +217,11 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 		case code == backends.CodeAuth:
 			// The device's password was right; the account's upstream
 			// credentials are not: the operator's problem, not the device's.
-			log.Error().Err(err).Str("backend", id.Backend).Str("upstream_user", id.UpstreamUser).Msg("upstream refused the account's upstream credentials")
+			ev := log.Error().Err(err).Str("backend", id.Backend).Str("upstream_user", id.UpstreamUser)
+			if id.UpstreamCredential != "" {
+				ev = ev.Str("credential", id.UpstreamCredential)
+			}
+			ev.Msg("upstream refused the account's upstream credentials")
 			return nil, errAccountUpstream.Wrap(err)
 		case !isClientError(err):
 			log.Warn().Err(err).Str("backend", id.Backend).Msg("upstream login failed")

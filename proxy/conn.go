@@ -191,6 +191,7 @@ func (c *clientConn) close(flush bool) {
 	}
 	c.nc.Close()
 	c.raw.Close()
+	c.lr.wipe()
 	c.lr.r.Reset(nil)
 	readerPool.Put(c.lr.r)
 	if c.w != nil {
@@ -204,12 +205,21 @@ func (c *clientConn) close(flush bool) {
 // including its LF, has been consumed.
 var errLineTooLong = errors.New("line too long")
 
+// errLongLineBusy reports a long SASL line refused because the server's
+// cap on them (Options.MaxSASLBuffers) is reached; the whole line has been
+// consumed, as for errLineTooLong.
+var errLongLineBusy = errors.New("too many long SASL lines being read")
+
 // lineReader reads CRLF (or bare LF) terminated lines with a hard length
 // cap, from a bufio.Reader whose buffer is the only buffering: an over-long
 // line is read and dropped in buffer-sized chunks, never accumulated.
 type lineReader struct {
 	r   *bufio.Reader
 	buf []byte // the current line; reused, so its content is only valid until the next read
+	// budget is the server's cap on long SASL lines; held: this reader
+	// holds one of them (its buf may grow up to maxSASLLine) until wipe.
+	budget *lineBudget
+	held   bool
 }
 
 // readLine returns the next line without its terminator. A line longer than
@@ -233,10 +243,19 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 				limit = maxSASLLine
 			}
 		}
-		if len(lr.buf)+len(frag) > limit {
+		over := len(lr.buf)+len(frag) > limit
+		busy := false
+		if !over && len(lr.buf)+len(frag) > maxCommandLine && !lr.held {
+			// A long SASL line: it needs one of the server's buffers.
+			if lr.held = lr.budget.acquire(); !lr.held {
+				over, busy = true, true
+			}
+		}
+		if over {
 			clear(lr.buf)
 			lr.buf = lr.buf[:0]
 			clear(frag)
+			lr.releaseLong()
 			// Drop the rest of the line without keeping it.
 			for err == bufio.ErrBufferFull {
 				var rest []byte
@@ -245,6 +264,9 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 			}
 			if err != nil {
 				return nil, err
+			}
+			if busy {
+				return nil, errLongLineBusy
 			}
 			return nil, errLineTooLong
 		}
@@ -274,6 +296,17 @@ func (lr *lineReader) wipe() {
 	clear(b)
 	if cap(lr.buf) > 2*maxCommandLine {
 		lr.buf = nil // drop a big SASL buffer
+	}
+	lr.releaseLong()
+}
+
+// releaseLong gives back the long-line buffer this reader holds, if any
+// (the line's content must be cleared already).
+func (lr *lineReader) releaseLong() {
+	if lr.held {
+		lr.buf = nil
+		lr.held = false
+		lr.budget.release()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -301,5 +302,56 @@ func TestPasswordNotLeftInReadBuffers(t *testing.T) {
 		if tail := s[len(s)-12:]; rl.residue(tail) {
 			t.Errorf("the end of %q is still in a read buffer", s)
 		}
+	}
+}
+
+// failingSnapshot is a backend whose Snapshot always fails.
+type failingSnapshot struct{ backends.Backend }
+type failingSnapshotBox struct{ backends.Mailbox }
+
+func (f failingSnapshot) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
+	mb, err := f.Backend.Login(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return failingSnapshotBox{mb}, nil
+}
+
+func (failingSnapshotBox) Snapshot(context.Context) ([]backends.Message, error) {
+	return nil, errors.New("upstream listing broke")
+}
+
+// The "backend call failed" line names the user, also when the call is
+// the login's snapshot (before the session's logger has the user), and
+// never the password; a failed login leaves the logger anonymous.
+func TestBackendCallFailedNamesUser(t *testing.T) {
+	e := newEnv(t, envConfig{opts: func(o *Options) { o.Backend = failingSnapshot{o.Backend} }})
+	c := e.dialReady()
+	c.CmdPrefix("USER alice", "+OK")
+	c.CmdPrefix("PASS secret pw", "-ERR [SYS/TEMP]")
+	c.CmdPrefix("USER mallory", "+OK")
+	c.CmdPrefix("PASS nope", "-ERR [AUTH]")
+	c.CmdPrefix("QUIT", "+OK")
+	eventually(t, "session end", func() bool { return strings.Contains(e.logs.String(), `"session end"`) })
+	var found bool
+	for _, l := range strings.Split(e.logs.String(), "\n") {
+		if strings.Contains(l, "secret pw") {
+			t.Errorf("the password in the log: %s", l)
+		}
+		if strings.Contains(l, `"backend call failed"`) {
+			found = true
+			if !strings.Contains(l, `"user":"alice"`) || !strings.Contains(l, `"op":"snapshot"`) {
+				t.Errorf("backend call failed without user alice or op snapshot: %s", l)
+			}
+		}
+		if strings.Contains(l, `"session end"`) && strings.Contains(l, `"user"`) {
+			t.Errorf("session end of a session that never logged in names a user: %s", l)
+		}
+		if strings.Count(l, `"user":`) > 1 {
+			t.Errorf("user twice: %s", l)
+		}
+	}
+	if !found {
+		t.Errorf("no backend call failed line:\n%s", e.logs.String())
 	}
 }

@@ -112,8 +112,11 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		if code == backends.CodeAuth {
 			return reply{}, ss.authFailed(c.Username, c.Mechanism, err, text)
 		}
-		ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
-		ss.o.Metrics.Login(loginError)
+		result := loginResult(err, code)
+		if result == loginError {
+			ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
+		}
+		ss.o.Metrics.Login(result)
 		return reply{}, refusal(code, text)
 	}
 	if mb == nil {
@@ -121,6 +124,16 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "internal error, try again later")
 	}
+	// From here on the session's log lines name the user (the store
+	// accepted the name); a login that fails below goes back to the
+	// anonymous logger, as the client may try another name.
+	anon := ss.log
+	ss.log = ss.log.With().Str("user", c.Username).Logger()
+	defer func() {
+		if ss.state != stateTransaction {
+			ss.log = anon
+		}
+	}()
 	key := backends.MaildropID(mb, c)
 	ctx, cancel = context.WithTimeout(ss.ctx, ss.o.CommandTimeout)
 	lockStart := time.Now()
@@ -130,13 +143,13 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	if err != nil {
 		mb.Close()
 		if errors.Is(err, lock.ErrHeld) {
-			ss.log.Info().Str("user", c.Username).Msg("maildrop in use")
+			ss.log.Info().Msg("maildrop in use")
 			ss.o.Metrics.Login(loginInUse)
 			return reply{}, refusal(backends.CodeInUse, backends.ErrInUse.Text) // RFC 2449 §8.1.1
 		}
 		// A shared lock store that cannot be reached: never a session
 		// without the lock (RFC 3206 §4: SYS/TEMP).
-		ss.log.Warn().Err(err).Str("user", c.Username).Msg("maildrop lock failed")
+		ss.log.Warn().Err(err).Msg("maildrop lock failed")
 		ss.o.Metrics.Login(loginError)
 		return reply{}, refusal(backends.CodeSysTemp, "cannot lock maildrop, try again later")
 	}
@@ -163,9 +176,26 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.snap = snap
 	ss.user = c.Username
 	ss.state = stateTransaction
-	ss.log = ss.log.With().Str("user", c.Username).Logger()
 	ss.log.Debug().Str("mechanism", c.Mechanism).Int("messages", len(msgs)).Msg("logged in")
 	return reply{text: ss.maildropText()}, nil
+}
+
+// loginResult is the Observer.Login result of a refused login other than
+// [AUTH]: "login_delay" for [LOGIN-DELAY] (RFC 2449 §8.1.2), the result an
+// error names through a LoginResult method (the identity gate's
+// "throttled"), else "error".
+func loginResult(err error, code backends.Code) string {
+	if code == backends.CodeLoginDelay {
+		return loginTooEarly
+	}
+	var named interface{ LoginResult() string }
+	if errors.As(err, &named) {
+		switch r := named.LoginResult(); r {
+		case loginThrottled:
+			return r
+		}
+	}
+	return loginError
 }
 
 // admit is where the gateway decides about a login before asking the

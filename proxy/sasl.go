@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/popgate/popgate/backends"
 	"github.com/popgate/popgate/internal/oauth"
@@ -115,6 +116,8 @@ func (ss *session) cmdAUTH(a args) (reply, error) {
 		return reply{}, ss.authFailed(c.Username, mech.name, err, "")
 	case errors.Is(err, errSASLCancelled):
 		return reply{}, refusal(backends.CodeNone, err.Error()) // RFC 5034 §4: the client's right
+	case errors.Is(err, errLongLineBusy):
+		return reply{}, ss.saslBusy()
 	}
 	if se, ok := err.(*sessionEnd); ok {
 		return reply{}, se
@@ -207,6 +210,8 @@ func (ss *session) saslStep(challenge string, initial *string) ([]byte, error) {
 		switch {
 		case errors.Is(err, errLineTooLong):
 			return nil, errSASLTooLong
+		case errors.Is(err, errLongLineBusy):
+			return nil, err
 		case err != nil:
 			return nil, ss.gone(err)
 		}
@@ -223,4 +228,17 @@ func (ss *session) saslStep(challenge string, initial *string) ([]byte, error) {
 		return nil, errSASLBase64
 	}
 	return out, nil
+}
+
+// saslBusy answers an AUTH whose long line was refused because
+// Options.MaxSASLBuffers long SASL lines are being read already: -ERR
+// [SYS/TEMP] (RFC 3206 §4: try again later), not a protocol fault. The log
+// line comes at most once a second for the whole server, with the number
+// refused since the previous one.
+func (ss *session) saslBusy() error {
+	if n := ss.srv.saslBufs.refusal(time.Now()); n > 0 {
+		ss.log.Warn().Int("refused", n).Int("max_sasl_buffers", ss.o.MaxSASLBuffers).
+			Msg("SASL buffer limit reached, AUTH refused")
+	}
+	return refusal(backends.CodeSysTemp, "server busy, try again later")
 }

@@ -52,6 +52,13 @@ type Options struct {
 	CommandTimeout   time.Duration
 	AuthFailureDelay time.Duration // 0 or negative: no delay (DefaultOptions has DefaultAuthFailureDelay)
 	MaxAuthFailures  int           // per connection, default 3
+	// MaxSASLBuffers caps, server-wide, the SASL lines longer than a
+	// command line (255 octets) being read at once: an AUTH line with an
+	// initial response or a continuation line (RFC 5034 §4), each up to 32
+	// KiB, holds one of these buffers until the exchange ends. Over the cap
+	// the line is discarded and AUTH answered -ERR [SYS/TEMP]. Default
+	// DefaultMaxSASLBuffers (8 MiB of buffers at most).
+	MaxSASLBuffers int
 	// MaxErrors closes the connection after this many consecutive protocol
 	// faults (default DefaultMaxErrors): unknown commands, commands not valid
 	// in the current state, missing, extra or malformed arguments (a message
@@ -92,6 +99,7 @@ const (
 	DefaultCommandTimeout   = 60 * time.Second
 	DefaultAuthFailureDelay = 2 * time.Second
 	DefaultMaxAuthFailures  = 3
+	DefaultMaxSASLBuffers   = 256
 	DefaultMaxErrors        = 20
 	DefaultMaxConns         = 1000
 	DefaultMaxConnsPerIP    = 0 // none: many clients share one address behind NAT
@@ -99,8 +107,8 @@ const (
 
 // DefaultOptions returns Options holding every default: the gateway's
 // configuration starts from them, so each default is defined here only.
-// New also fills a zero timeout, MaxAuthFailures or MaxErrors with its
-// default; a zero AuthFailureDelay, MaxConns or MaxConnsPerIP is a value
+// New also fills a zero timeout, MaxAuthFailures, MaxErrors or
+// MaxSASLBuffers with its default; a zero AuthFailureDelay, MaxConns or MaxConnsPerIP is a value
 // (no delay, no limit).
 func DefaultOptions() Options {
 	return Options{
@@ -110,6 +118,7 @@ func DefaultOptions() Options {
 		CommandTimeout:   DefaultCommandTimeout,
 		AuthFailureDelay: DefaultAuthFailureDelay,
 		MaxAuthFailures:  DefaultMaxAuthFailures,
+		MaxSASLBuffers:   DefaultMaxSASLBuffers,
 		MaxErrors:        DefaultMaxErrors,
 		MaxConns:         DefaultMaxConns,
 		MaxConnsPerIP:    DefaultMaxConnsPerIP,
@@ -135,6 +144,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxErrors <= 0 {
 		o.MaxErrors = DefaultMaxErrors
+	}
+	if o.MaxSASLBuffers <= 0 {
+		o.MaxSASLBuffers = DefaultMaxSASLBuffers
 	}
 	if o.Implementation == "" {
 		o.Implementation = "popgate"
@@ -189,6 +201,7 @@ type Server struct {
 	total     int            // connections counted against MaxConns
 	perIP     map[string]int // connections per client IP
 	refused   refusalLog
+	saslBufs  lineBudget     // the long SASL lines being read (MaxSASLBuffers)
 	wg        sync.WaitGroup // session and rejection goroutines
 
 	nextID    atomic.Uint64
@@ -208,6 +221,7 @@ func New(opts Options) *Server {
 		cancelAll: cancel,
 	}
 	s.opts = s.normalize(opts)
+	s.saslBufs.max.Store(int64(s.opts.MaxSASLBuffers))
 	return s
 }
 
@@ -241,6 +255,7 @@ func (s *Server) Update(opts Options) error {
 		}
 	}
 	s.opts = o
+	s.saslBufs.max.Store(int64(o.MaxSASLBuffers)) // buffers held over a lowered cap drain as their lines end
 	return nil
 }
 
@@ -384,6 +399,45 @@ func (r *refusalLog) count(now time.Time) int {
 	n := r.pending
 	r.last, r.pending = now, 0
 	return n
+}
+
+// lineBudget counts the long SASL lines being read, server-wide, against
+// Options.MaxSASLBuffers, and aggregates the log of its refusals.
+type lineBudget struct {
+	max, used atomic.Int64
+
+	mu      sync.Mutex
+	refused refusalLog
+}
+
+// acquire takes one buffer if the cap allows. A nil budget has no cap.
+func (b *lineBudget) acquire() bool {
+	if b == nil {
+		return true
+	}
+	for {
+		u := b.used.Load()
+		if u >= b.max.Load() {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+1) {
+			return true
+		}
+	}
+}
+
+func (b *lineBudget) release() {
+	if b != nil {
+		b.used.Add(-1)
+	}
+}
+
+// refusal records one refusal and returns how many to log now (at most
+// one line a second), 0 if this one is only counted.
+func (b *lineBudget) refusal(now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.refused.count(now)
 }
 
 // Sessions returns the number of open client connections (for metrics and

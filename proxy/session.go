@@ -97,6 +97,7 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 	}
 	ss.log = o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
 	ss.conn.init(nc, o.WriteTimeout)
+	ss.conn.lr.budget = &s.saslBufs
 	return ss
 }
 
@@ -156,6 +157,8 @@ func (ss *session) serve() {
 		case errors.Is(err, errLineTooLong):
 			// RFC 2449 §4: commands are at most 255 octets.
 			a = ss.respond(reply{}, fault("command line too long (at most 255 octets)"))
+		case errors.Is(err, errLongLineBusy):
+			a = ss.respond(reply{}, ss.saslBusy())
 		case err != nil:
 			// RFC 1939 §3: on timeout, close without response or update.
 			ss.end = ss.endFor(err)

@@ -6,6 +6,19 @@
 //	login  connect, USER, PASS, STAT, QUIT; repeated             (sessions/s)
 //	retr   connect, USER, PASS, STAT, RETR every message, QUIT    (MB/s)
 //	idle   open -sessions logged-in sessions and hold them for -d (memory per session)
+//	poll   a polling client (fetchmail in daemon mode with "keep"): each
+//	       maildrop is polled every -interval (0: back to back): connect,
+//	       USER, PASS, STAT, UIDL, RETR of each message whose UIDL this
+//	       client has not retrieved yet, QUIT                     (sessions/s)
+//
+// In poll mode the client keeps the UIDLs it has retrieved per maildrop, as
+// fetchmail keeps its .fetchids: in memory, and in -state FILE across runs
+// when given (read at start, written at the end). A maildrop this client has
+// no state for is primed before the clock starts (one untimed session that
+// records the UIDLs without retrieving anything, as if the client had
+// downloaded the maildrop before), unless -prime=false, so a run measures
+// steady-state polls that retrieve only what arrived since. Something else
+// must deliver new mail while it runs (bench/feedmaildir.py).
 //
 // POP3 locks a maildrop to one session at a time, so the load is spread over
 // several users: -users is a comma-separated list, or a template with %d
@@ -59,6 +72,9 @@ type config struct {
 	sessions  int
 	verify    bool
 	maxErrors int64
+	interval  time.Duration // poll: from the start of one poll of a maildrop to the next
+	statePath string        // poll: the UIDLs retrieved per maildrop, kept across runs
+	prime     bool          // poll: prime maildrops without state before the clock starts
 }
 
 func main() {
@@ -73,9 +89,12 @@ func main() {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	var res result
-	if cfg.mode == "idle" {
+	switch cfg.mode {
+	case "idle":
 		res = runIdle(cfg, stop, os.Stdout)
-	} else {
+	case "poll":
+		res = runPoll(cfg, stop)
+	default:
 		res = runLoad(cfg, stop)
 	}
 	fmt.Println(res.String())
@@ -95,10 +114,10 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	var nusers, first int
 	var insecure bool
 	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:110", "POP3 server `host:port` (loopback only)")
-	fs.StringVar(&cfg.mode, "mode", "login", "login | retr | idle")
+	fs.StringVar(&cfg.mode, "mode", "login", "login | retr | idle | poll")
 	fs.IntVar(&cfg.conc, "c", 8, "concurrent clients (idle: concurrent logins while opening)")
 	fs.DurationVar(&cfg.duration, "d", 10*time.Second, "run for this long (idle: hold the sessions this long)")
-	fs.Int64Var(&cfg.count, "n", 0, "run this many sessions in total instead of -d (login, retr)")
+	fs.Int64Var(&cfg.count, "n", 0, "run this many sessions in total instead of -d (login, retr, poll)")
 	fs.DurationVar(&cfg.max, "max", 10*time.Minute, "hard limit on the whole run")
 	fs.StringVar(&users, "users", "user%d", "comma-separated users, or a template with %d")
 	fs.IntVar(&nusers, "nusers", 8, "number of users a template expands to")
@@ -108,7 +127,10 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	fs.BoolVar(&insecure, "insecure", false, "do not verify the server certificate")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "deadline of each exchange")
 	fs.IntVar(&cfg.sessions, "sessions", 1000, "idle: sessions to open and hold")
-	fs.BoolVar(&cfg.verify, "verify", false, "retr: LIST first and check every RETR against its size")
+	fs.BoolVar(&cfg.verify, "verify", false, "retr, poll: LIST first and check every RETR against its size")
+	fs.DurationVar(&cfg.interval, "interval", 5*time.Second, "poll: poll each maildrop this often, start to start (0: back to back)")
+	fs.StringVar(&cfg.statePath, "state", "", "poll: `file` of the UIDLs retrieved per maildrop, read at start and written at the end")
+	fs.BoolVar(&cfg.prime, "prime", true, "poll: record the UIDLs of a maildrop without state before the clock starts")
 	fs.Int64Var(&cfg.maxErrors, "maxerrors", 1000, "stop after this many errors")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -117,12 +139,15 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	switch cfg.mode {
-	case "login", "retr", "idle":
+	case "login", "retr", "idle", "poll":
 	default:
-		return nil, fmt.Errorf("-mode %q: want login, retr or idle", cfg.mode)
+		return nil, fmt.Errorf("-mode %q: want login, retr, idle or poll", cfg.mode)
 	}
 	if cfg.conc < 1 || cfg.sessions < 1 || cfg.timeout <= 0 || cfg.max <= 0 {
 		return nil, errors.New("-c, -sessions, -timeout and -max must be positive")
+	}
+	if cfg.interval < 0 {
+		return nil, errors.New("-interval must not be negative")
 	}
 	if cfg.count <= 0 && cfg.duration <= 0 {
 		return nil, errors.New("give -d or -n")
@@ -198,6 +223,7 @@ type result struct {
 	errors      int64
 	bytes       int64
 	messages    int64
+	withNew     int64 // poll: sessions that retrieved at least one message
 	elapsed     time.Duration
 	sessLat     []time.Duration
 	msgLat      []time.Duration
@@ -211,14 +237,21 @@ func (r result) String() string {
 	if secs > 0 {
 		fmt.Fprintf(&b, " sessions/s=%.1f", float64(r.sessions)/secs)
 	}
-	if r.cfg.mode == "retr" {
+	if r.cfg.mode == "poll" {
+		fmt.Fprintf(&b, " interval=%s polls_with_new=%d", r.cfg.interval, r.withNew)
+	}
+	if r.cfg.mode == "retr" || r.cfg.mode == "poll" {
 		fmt.Fprintf(&b, " messages=%d bytes=%d", r.messages, r.bytes)
 		if secs > 0 {
 			fmt.Fprintf(&b, " MB/s=%.1f", float64(r.bytes)/1e6/secs)
 		}
 	}
 	if len(r.sessLat) > 0 {
-		fmt.Fprintf(&b, " p50=%s p99=%s", fmtDur(percentile(r.sessLat, 50)), fmtDur(percentile(r.sessLat, 99)))
+		fmt.Fprintf(&b, " p50=%s", fmtDur(percentile(r.sessLat, 50)))
+		if r.cfg.mode == "poll" {
+			fmt.Fprintf(&b, " p90=%s", fmtDur(percentile(r.sessLat, 90)))
+		}
+		fmt.Fprintf(&b, " p99=%s", fmtDur(percentile(r.sessLat, 99)))
 	}
 	if len(r.msgLat) > 0 {
 		fmt.Fprintf(&b, " msg_p50=%s msg_p99=%s", fmtDur(percentile(r.msgLat, 50)), fmtDur(percentile(r.msgLat, 99)))

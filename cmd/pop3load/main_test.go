@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -174,6 +175,25 @@ func TestAgainstDovecotPOP3(t *testing.T) {
 	res = runLoad(cfg, never)
 	if res.errors != 0 || res.sessions != 4 || res.messages != 12 || res.bytes != want {
 		t.Errorf("retr: %s %v; want 12 messages, %d bytes", res, res.firstErrors, want)
+	}
+
+	// poll: primed, then only the messages appended since are retrieved.
+	cfg, err = parseFlags(append(base, "-mode", "poll", "-interval", "0", "-n", "4", "-verify"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.statePath = filepath.Join(t.TempDir(), "state.json")
+	if res = runPoll(cfg, never); res.errors != 0 || res.sessions != 4 || res.messages != 0 {
+		t.Errorf("poll, primed: %s %v; want 4 polls, nothing retrieved", res, res.firstErrors)
+	}
+	for _, u := range []string{"load1", "load3"} {
+		if _, err := dc.Append(u, "INBOX", msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg.count = 8
+	if res = runPoll(cfg, never); res.errors != 0 || res.sessions != 8 || res.messages != 2 || res.bytes != 2*int64(len(msg)) {
+		t.Errorf("poll after 2 appends: %s %v; want 2 messages, %d bytes", res, res.firstErrors, 2*len(msg))
 	}
 
 	cfg, err = parseFlags(append(base, "-mode", "idle", "-sessions", "4", "-d", "10ms"), io.Discard)

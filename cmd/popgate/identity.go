@@ -26,6 +26,11 @@ func hookConfig(h *config.AccountsHTTP) authhook.Config {
 	return authhook.Config{URL: h.URL, Timeout: h.Timeout, Headers: h.Headers, CAFile: h.CAFile}
 }
 
+// credentialKnown reports whether cfg has an OAuth2 credential of that name.
+func credentialKnown(cfg *config.Config) func(string) bool {
+	return func(name string) bool { _, ok := cfg.Credentials[name]; return ok }
+}
+
 // backendKnown reports whether cfg has a backend of that name.
 func backendKnown(cfg *config.Config) func(string) bool {
 	return func(name string) bool { _, ok := cfg.Backends[name]; return ok }
@@ -41,7 +46,7 @@ func checkAccounts(cfg *config.Config) config.Problems {
 	}
 	var ps config.Problems
 	if a.File != "" {
-		f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(cfg), Logger: zerolog.Nop()})
+		f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(cfg), CredentialKnown: credentialKnown(cfg), Logger: zerolog.Nop()})
 		if err != nil {
 			var aps accounts.Problems
 			if errors.As(err, &aps) {
@@ -92,14 +97,16 @@ func buildIdentity(cfg *config.Config, log zerolog.Logger, prev *setup) (identit
 			_ = p.file.Reload() // a bad file is logged; the accounts in force stay
 			return p, nil
 		}
-		f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(cfg), Logger: log})
+		f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(cfg), CredentialKnown: credentialKnown(cfg), Logger: log})
 		if err != nil {
 			return p, err
 		}
 		f.Watch(accountsWatchInterval)
 		p.file = f
 	case a.HTTP != nil:
-		h, err := authhook.New(hookConfig(a.HTTP))
+		hc := hookConfig(a.HTTP)
+		hc.CredentialKnown = credentialKnown(cfg)
+		h, err := authhook.New(hc)
 		if err != nil {
 			return p, fmt.Errorf("accounts.http: %w", err)
 		}
@@ -119,7 +126,7 @@ func (p identityParts) close(next *identityParts) {
 }
 
 // newGate puts the identity gate in front of the router.
-func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *backends.Router, state throttle.Store) *identity.Gate {
+func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *backends.Router, state throttle.Store, obs identity.Observer) *identity.Gate {
 	return identity.New(identity.Options{
 		Upstream:   router,
 		Source:     p.source(),
@@ -127,6 +134,7 @@ func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *ba
 		Policy:     throttle.Policy{Base: cfg.Auth.FailureDelay, Max: cfg.Auth.FailureMaxDelay},
 		LoginDelay: cfg.Session.LoginDelay,
 		Logger:     log,
+		Observer:   obs,
 	})
 }
 
@@ -138,7 +146,7 @@ func summarizeIdentity(w io.Writer, c *config.Config) {
 		fmt.Fprintf(w, "accounts: none: logins pass through to the routes with the client's credentials\n")
 	case a.File != "":
 		n := "?"
-		if f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(c), Logger: zerolog.Nop()}); err == nil {
+		if f, err := accounts.Open(a.File, accounts.Options{BackendKnown: backendKnown(c), CredentialKnown: credentialKnown(c), Logger: zerolog.Nop()}); err == nil {
 			n = fmt.Sprint(f.Len())
 			f.Close()
 		}

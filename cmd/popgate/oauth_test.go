@@ -228,3 +228,36 @@ func TestServeClientTokenPassThrough(t *testing.T) {
 		}
 	}
 }
+
+// An account naming a credential passes check-config when the credential
+// exists; an unknown one is a problem naming the account, the key and the
+// line.
+func TestCheckConfigAccountCredential(t *testing.T) {
+	dir := t.TempDir()
+	p := idp.Start(t, idp.Options{})
+	cfg, _, _ := oauthConfig(t, dir, p)
+	accts := filepath.Join(dir, "accounts.yaml")
+	hash := bcryptOf(t, "device-pw")
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, append(data, []byte("accounts: {file: "+accts+"}\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(cred string) {
+		s := "scanner:\n  password: '" + hash + "'\n  upstream:\n    user: scans@corp.example\n    credential: " + cred + "\n"
+		if err := os.WriteFile(accts, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("m365-app")
+	if code, out, errOut := runPopgate(t, "check-config", "-c", cfg); code != 0 {
+		t.Fatalf("check-config: %d\n%s%s", code, out, errOut)
+	}
+	write("m365-typo")
+	code, out, errOut := runPopgate(t, "check-config", "-c", cfg)
+	if code == 0 || !strings.Contains(out+errOut, `line 5: scanner.upstream.credential: no credential named "m365-typo"`) {
+		t.Fatalf("check-config with an unknown credential: %d\n%s%s", code, out, errOut)
+	}
+}

@@ -7,6 +7,13 @@
 //	  backend: corp                                   # optional: else the routes decide on upstream.user
 //	  upstream: {user: scans@corp.example, password: ${SCANS_PASSWORD}}
 //	  login_delay: 5m                                 # optional, per account
+//	scanner-4@corp.example:
+//	  password: "$argon2id$…"
+//	  upstream: {user: scans@corp.example, credential: m365-app}   # an OAuth2 credential of the configuration
+//
+// An upstream has exactly one of password and credential: with a
+// credential, popgate logs in upstream with that credential's OAuth2
+// access token (XOAUTH2/OAUTHBEARER on IMAP, a bearer token on HTTP).
 //
 // Scalar values may use ${NAME} for an environment variable ("$${" is a
 // literal "${"). Unknown keys are errors. Error texts name the account, the
@@ -44,13 +51,20 @@ type Account struct {
 	// UpstreamUser and UpstreamPassword log in upstream.
 	UpstreamUser     string
 	UpstreamPassword string
-	LoginDelay       time.Duration
-	HasLoginDelay    bool
+	// UpstreamCredential names the OAuth2 credential (`credentials:`)
+	// whose token logs in upstream instead of UpstreamPassword.
+	UpstreamCredential string
+	LoginDelay         time.Duration
+	HasLoginDelay      bool
 }
 
 // String describes the account without hash or password.
 func (a Account) String() string {
-	return "account " + a.Name + " backend=" + a.Backend + " upstream_user=" + a.UpstreamUser + " password=<redacted>"
+	s := "account " + a.Name + " backend=" + a.Backend + " upstream_user=" + a.UpstreamUser
+	if a.UpstreamCredential != "" {
+		return s + " credential=" + a.UpstreamCredential
+	}
+	return s + " password=<redacted>"
 }
 
 // GoString hides the secrets from %#v as well.
@@ -89,6 +103,13 @@ func (ps Problems) Error() string {
 // whether a backend name exists; an account naming another is a problem.
 // The error is a Problems.
 func Parse(data []byte, backendKnown func(string) bool) (map[string]*Account, error) {
+	return ParseKnown(data, backendKnown, nil)
+}
+
+// ParseKnown is Parse that also checks the credential an upstream names:
+// credentialKnown, when not nil, reports whether the configuration has an
+// OAuth2 credential of that name.
+func ParseKnown(data []byte, backendKnown, credentialKnown func(string) bool) (map[string]*Account, error) {
 	var doc yaml.Node
 	var ps Problems
 	if err := yaml.Unmarshal(data, &doc); err != nil {
@@ -114,7 +135,7 @@ func Parse(data []byte, backendKnown func(string) bool) (map[string]*Account, er
 			ps = append(ps, Problem{Line: k.Line, Path: name, Msg: "account defined twice"})
 			continue
 		}
-		a, aps := parseAccount(name, v, backendKnown)
+		a, aps := parseAccount(name, v, backendKnown, credentialKnown)
 		ps = append(ps, aps...)
 		if a != nil {
 			out[name] = a
@@ -138,7 +159,7 @@ func syntaxOnly(err error) string {
 	return "syntax error"
 }
 
-func parseAccount(name string, v *yaml.Node, backendKnown func(string) bool) (*Account, Problems) {
+func parseAccount(name string, v *yaml.Node, backendKnown, credentialKnown func(string) bool) (*Account, Problems) {
 	var ps Problems
 	add := func(line int, path, msg string) { ps = append(ps, Problem{Line: line, Path: name + path, Msg: msg}) }
 	if v.Kind != yaml.MappingNode {
@@ -185,9 +206,10 @@ func parseAccount(name string, v *yaml.Node, backendKnown func(string) bool) (*A
 		case "upstream":
 			haveUp = true
 			if val.Kind != yaml.MappingNode {
-				add(val.Line, ".upstream", "must be a mapping with user and password")
+				add(val.Line, ".upstream", "must be a mapping with user and password (or credential)")
 				continue
 			}
+			var passLine, credLine int
 			for j := 0; j+1 < len(val.Content); j += 2 {
 				uk, uv := val.Content[j], val.Content[j+1]
 				switch uk.Value {
@@ -196,18 +218,39 @@ func parseAccount(name string, v *yaml.Node, backendKnown func(string) bool) (*A
 						a.UpstreamUser = s
 					}
 				case "password":
+					passLine = uk.Line
 					if s, ok := scalar(uv, name+".upstream.password", &ps); ok {
 						a.UpstreamPassword = s
 					}
+				case "credential":
+					credLine = uk.Line
+					s, ok := scalar(uv, name+".upstream.credential", &ps)
+					if !ok {
+						continue
+					}
+					if s == "" {
+						add(uv.Line, ".upstream.credential", "must name a credential of the configuration")
+						continue
+					}
+					if credentialKnown != nil && !credentialKnown(s) {
+						add(uv.Line, ".upstream.credential", fmt.Sprintf("no credential named %q in the configuration (credentials:)", s))
+						continue
+					}
+					a.UpstreamCredential = s
 				default:
-					add(uk.Line, ".upstream."+uk.Value, "unknown key (known: user, password)")
+					add(uk.Line, ".upstream."+uk.Value, "unknown key (known: user, password, credential)")
 				}
 			}
 			if a.UpstreamUser == "" {
 				add(val.Line, ".upstream.user", "required")
 			}
-			if a.UpstreamPassword == "" {
-				add(val.Line, ".upstream.password", "required")
+			switch {
+			case passLine > 0 && credLine > 0:
+				add(credLine, ".upstream", "give password or credential, not both")
+			case passLine == 0 && credLine == 0:
+				add(val.Line, ".upstream.password", "required (or credential: the name of an OAuth2 credential)")
+			case passLine > 0 && a.UpstreamPassword == "":
+				add(passLine, ".upstream.password", "required (or credential: the name of an OAuth2 credential)")
 			}
 		default:
 			add(k.Line, "."+k.Value, "unknown key (known: password, backend, upstream, login_delay)")
@@ -217,7 +260,7 @@ func parseAccount(name string, v *yaml.Node, backendKnown func(string) bool) (*A
 		add(v.Line, ".password", "required: the hash of the device password")
 	}
 	if !haveUp {
-		add(v.Line, ".upstream", "required: {user, password} to log in upstream with")
+		add(v.Line, ".upstream", "required: {user, password} or {user, credential} to log in upstream with")
 	}
 	if len(ps) > 0 {
 		return nil, ps
@@ -272,6 +315,9 @@ func scalar(n *yaml.Node, path string, ps *Problems) (string, bool) {
 type Options struct {
 	// BackendKnown reports whether a backend name exists (nil: any).
 	BackendKnown func(string) bool
+	// CredentialKnown reports whether an OAuth2 credential name exists
+	// (nil: any).
+	CredentialKnown func(string) bool
 	// Verifier checks the hashes; nil: passwd.NewVerifier(0).
 	Verifier *passwd.Verifier
 	Logger   zerolog.Logger
@@ -331,7 +377,7 @@ func (f *File) read() (map[string]*Account, fileStamp, error) {
 		return nil, fileStamp{}, &FileError{Path: f.path, Err: err}
 	}
 	st := stampOf(data)
-	accts, err := Parse(data, f.o.BackendKnown)
+	accts, err := ParseKnown(data, f.o.BackendKnown, f.o.CredentialKnown)
 	if err != nil {
 		return nil, st, &FileError{Path: f.path, Err: err}
 	}
@@ -462,7 +508,8 @@ func (f *File) Authenticate(ctx context.Context, r identity.Request) (*identity.
 	}
 	return &identity.Identity{
 		Backend: a.Backend, UpstreamUser: a.UpstreamUser, UpstreamPassword: a.UpstreamPassword,
-		LoginDelay: a.LoginDelay, HasLoginDelay: a.HasLoginDelay,
+		UpstreamCredential: a.UpstreamCredential,
+		LoginDelay:         a.LoginDelay, HasLoginDelay: a.HasLoginDelay,
 	}, nil
 }
 

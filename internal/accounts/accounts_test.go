@@ -115,6 +115,40 @@ func TestParseProblems(t *testing.T) {
 	}
 }
 
+// An upstream names an OAuth2 credential instead of a password: exactly
+// one of the two, and the credential must exist (problem with account,
+// key and line).
+func TestParseCredential(t *testing.T) {
+	h := "'" + bcryptHash(t, "x") + "'"
+	known := func(n string) bool { return n == "m365-app" }
+	accts, err := ParseKnown([]byte("scanner:\n  password: "+h+"\n  upstream: {user: scans@corp.example, credential: m365-app}\n"), nil, known)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := accts["scanner"]
+	if a == nil || a.UpstreamCredential != "m365-app" || a.UpstreamPassword != "" || a.UpstreamUser != "scans@corp.example" {
+		t.Fatalf("%#v", a)
+	}
+	if !strings.Contains(a.String(), "credential=m365-app") {
+		t.Errorf("String: %s", a)
+	}
+	for data, want := range map[string]string{
+		"a:\n  password: HASH\n  upstream:\n    user: u\n    credential: nosuch\n":                    `line 5: a.upstream.credential: no credential named "nosuch" in the configuration`,
+		"a:\n  password: HASH\n  upstream:\n    user: u\n    password: p\n    credential: m365-app\n": "line 6: a.upstream: give password or credential, not both",
+		"a:\n  password: HASH\n  upstream: {user: u, credential: \"\"}\n":                             "a.upstream.credential: must name a credential",
+		"a:\n  password: HASH\n  upstream: {user: u}\n":                                               "a.upstream.password: required (or credential",
+	} {
+		_, err := ParseKnown([]byte(strings.ReplaceAll(data, "HASH", h)), nil, known)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", data, err, want)
+		}
+	}
+	// Without a list of credentials (nil), any name is taken.
+	if _, err := ParseKnown([]byte("a:\n  password: "+h+"\n  upstream: {user: u, credential: any}\n"), nil, nil); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestAuthenticateAndReload(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "accounts.yaml")

@@ -11,7 +11,11 @@
 //   - 200 {"backend": "corp", "upstream": {"user": "…", "password": "…"}, "maildrop": "…", "login_delay": 300}
 //     lets the login in ("backend" may be left out: the routes decide on
 //     upstream.user; "maildrop" and "login_delay", in seconds or as a
-//     duration text such as "5m", are optional);
+//     duration text such as "5m", are optional). Instead of "password",
+//     upstream may hold "credential" (the name of an OAuth2 credential of
+//     the configuration: popgate logs in with its token) or "token" (an
+//     OAuth2 bearer token to log in with, never logged); at most one of
+//     the three;
 //   - 401 or 403 refuses it: -ERR [AUTH]; an optional body
 //     {"retry_after": seconds} asks for a longer failure delay;
 //   - anything else (another status, a 200 that does not parse, a
@@ -54,6 +58,9 @@ type Config struct {
 	Timeout time.Duration     // per call; 0: DefaultTimeout
 	Headers map[string]string // sent with every call (e.g. Authorization)
 	CAFile  string            // extra trusted roots (PEM) for https
+	// CredentialKnown reports whether an OAuth2 credential of that name
+	// is configured (nil: any). An answer naming another is [SYS/TEMP].
+	CredentialKnown func(string) bool
 }
 
 // Validate reports what is wrong with c, without secrets.
@@ -158,8 +165,10 @@ type request struct {
 type answer struct {
 	Backend  string `json:"backend"`
 	Upstream *struct {
-		User     string `json:"user"`
-		Password string `json:"password"`
+		User       string `json:"user"`
+		Password   string `json:"password"`
+		Credential string `json:"credential"`
+		Token      string `json:"token"`
 	} `json:"upstream"`
 	Maildrop   string          `json:"maildrop"`
 	LoginDelay json.RawMessage `json:"login_delay"`
@@ -225,8 +234,23 @@ func (h *Hook) Authenticate(ctx context.Context, r identity.Request) (*identity.
 	if a.Upstream == nil || a.Upstream.User == "" {
 		return nil, fmt.Errorf("auth hook %s: answer 200 without upstream.user", h.cfg.URL)
 	}
+	n := 0
+	for _, v := range []string{a.Upstream.Password, a.Upstream.Credential, a.Upstream.Token} {
+		if v != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return nil, fmt.Errorf("auth hook %s: answer 200: upstream has more than one of password, credential and token", h.cfg.URL)
+	}
+	if c := a.Upstream.Credential; c != "" && h.cfg.CredentialKnown != nil && !h.cfg.CredentialKnown(c) {
+		// The name is not quoted: a hook that put a token there by
+		// mistake must not have it logged.
+		return nil, fmt.Errorf("auth hook %s: answer 200: upstream.credential names no credential of the configuration", h.cfg.URL)
+	}
 	id := &identity.Identity{
 		Backend: a.Backend, UpstreamUser: a.Upstream.User, UpstreamPassword: a.Upstream.Password,
+		UpstreamCredential: a.Upstream.Credential, UpstreamToken: a.Upstream.Token,
 		Maildrop: a.Maildrop,
 	}
 	if len(a.LoginDelay) > 0 && string(a.LoginDelay) != "null" {

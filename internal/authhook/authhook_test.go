@@ -237,3 +237,42 @@ func TestValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// The hook may name an OAuth2 credential or hand a token instead of a
+// password; at most one of the three, and a credential the configuration
+// does not have is [SYS/TEMP] (not quoted: it might be a token).
+func TestAcceptedCredentialOrToken(t *testing.T) {
+	known := func(n string) bool { return n == "m365-app" }
+	answer := func(body string) (*identity.Identity, error) {
+		hk := hookFor(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) }, Config{CredentialKnown: known})
+		return hk.Authenticate(context.Background(), req())
+	}
+	id, err := answer(`{"upstream":{"user":"scans@corp.example","credential":"m365-app"}}`)
+	if err != nil || id.UpstreamCredential != "m365-app" || id.UpstreamPassword != "" || id.UpstreamToken != "" {
+		t.Fatalf("credential: %#v %v", id, err)
+	}
+	const tok = "hook-issued-access-token-123"
+	id, err = answer(`{"upstream":{"user":"scans@corp.example","token":"` + tok + `"}}`)
+	if err != nil || id.UpstreamToken != tok || id.UpstreamCredential != "" {
+		t.Fatalf("token: %#v %v", id, err)
+	}
+	if s := id.String() + id.GoString(); strings.Contains(s, tok) {
+		t.Errorf("identity text shows the token: %s", s)
+	}
+	for body, want := range map[string]string{
+		`{"upstream":{"user":"u","password":"upstream-pw","credential":"m365-app"}}`: "more than one",
+		`{"upstream":{"user":"u","credential":"m365-app","token":"` + tok + `"}}`:    "more than one",
+		`{"upstream":{"user":"u","credential":"` + tok + `"}}`:                       "names no credential",
+	} {
+		_, err := answer(body)
+		var rej *identity.Rejected
+		if err == nil || errors.As(err, &rej) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", body, err, want)
+			continue
+		}
+		noSecret(t, err)
+		if strings.Contains(err.Error(), tok) {
+			t.Errorf("error text holds the token: %v", err)
+		}
+	}
+}

@@ -141,6 +141,11 @@ type Auth struct {
 	// MaxFailures closes the connection after this many failed logins
 	// (default 3).
 	MaxFailures int `yaml:"max_failures"`
+	// MaxSASLBuffers caps the SASL lines over 255 octets (AUTH initial
+	// responses and continuation lines, up to 32 KiB each: OAuth tokens)
+	// being read at once, all connections together (default 256, 8 MiB of
+	// buffers); over it, AUTH gets -ERR [SYS/TEMP].
+	MaxSASLBuffers int `yaml:"max_sasl_buffers"`
 }
 
 // Accounts is where device logins are decided: file or http, not both.
@@ -229,6 +234,7 @@ func Defaults() *Config {
 			FailureDelay:    o.AuthFailureDelay,
 			FailureMaxDelay: 15 * time.Second,
 			MaxFailures:     o.MaxAuthFailures,
+			MaxSASLBuffers:  o.MaxSASLBuffers,
 		},
 		Session: Session{
 			IdleTimeout:         o.IdleTimeout,

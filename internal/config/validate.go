@@ -141,6 +141,9 @@ func (k *checker) auth() {
 	if a.MaxFailures < 1 {
 		k.add("auth.max_failures", "must be at least 1")
 	}
+	if a.MaxSASLBuffers < 1 {
+		k.add("auth.max_sasl_buffers", "must be at least 1")
+	}
 	if a.FailureDelay < 0 {
 		k.add("auth.failure_delay", "must not be negative")
 	}

@@ -20,11 +20,22 @@ import (
 type counting struct {
 	backends.Backend
 	calls atomic.Int32
+	mu    sync.Mutex
+	last  backends.Credentials // of the last Login
 }
 
 func (c *counting) Login(ctx context.Context, cr backends.Credentials) (backends.Mailbox, error) {
 	c.calls.Add(1)
+	c.mu.Lock()
+	c.last = cr
+	c.mu.Unlock()
 	return c.Backend.Login(ctx, cr)
+}
+
+func (c *counting) lastCreds() backends.Credentials {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
 }
 
 // fakeSource is a Source with fixed answers.
@@ -312,4 +323,29 @@ func contains(s, sub string) bool {
 		}
 	}
 	return false
+}
+
+// An identity naming an OAuth2 credential or carrying a hook's token logs
+// in upstream with that (and no password); what the device sent never goes
+// upstream. Pass-through keeps a client's own token.
+func TestUpstreamCredentialAndToken(t *testing.T) {
+	src := &fakeSource{ids: map[string]Identity{
+		"cred\x00pw": {UpstreamUser: "scans@corp.example", UpstreamCredential: "m365-app"},
+		"tok\x00pw":  {UpstreamUser: "scans@corp.example", UpstreamToken: "hook-token"},
+	}}
+	e := newEnv(t, src, 0)
+	e.login("cred", "pw", addrA) // the memory store knows no token: refused, fine
+	if c := e.up.lastCreds(); c.Credential != "m365-app" || c.Token != "" || c.Password != "" || c.Username != "scans@corp.example" {
+		t.Errorf("credential login went upstream as %#v", c)
+	}
+	e.gate.Login(context.Background(), backends.Credentials{Username: "tok", Password: "pw", Mechanism: "USER", Token: "device-sent", RemoteAddr: addrA})
+	if c := e.up.lastCreds(); c.Token != "hook-token" || c.Credential != "" || c.Password != "" {
+		t.Errorf("token login went upstream as %#v", c)
+	}
+
+	pt := newEnv(t, nil, 0)
+	pt.gate.Login(context.Background(), backends.Credentials{Username: "alice@corp.example", Mechanism: "XOAUTH2", Token: "client-token", RemoteAddr: addrA})
+	if c := pt.up.lastCreds(); c.Token != "client-token" || c.Credential != "" {
+		t.Errorf("pass-through token went upstream as %#v", c)
+	}
 }

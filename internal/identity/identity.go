@@ -39,6 +39,13 @@ type Identity struct {
 	Backend          string
 	UpstreamUser     string
 	UpstreamPassword string // never logged
+	// UpstreamCredential names an OAuth2 credential of the configuration
+	// whose access token logs in upstream (accounts file or hook
+	// `upstream: {user, credential}`); UpstreamPassword is then empty.
+	UpstreamCredential string
+	// UpstreamToken is a bearer token to log in upstream with, as a hook
+	// answered it (`upstream: {user, token}`). Never logged.
+	UpstreamToken string
 	// Maildrop keys LOGIN-DELAY and the maildrop lock; "": backend/user.
 	Maildrop string
 	// LoginDelay is this identity's own minimum time between logins when
@@ -49,7 +56,14 @@ type Identity struct {
 
 // String describes the identity without its secret.
 func (i Identity) String() string {
-	return "backend=" + i.Backend + " upstream_user=" + i.UpstreamUser + " password=<redacted>"
+	s := "backend=" + i.Backend + " upstream_user=" + i.UpstreamUser + " password=<redacted>"
+	if i.UpstreamCredential != "" {
+		s += " credential=" + i.UpstreamCredential
+	}
+	if i.UpstreamToken != "" {
+		s += " token=<redacted>"
+	}
+	return s
 }
 
 // GoString hides the secret from %#v as well.

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -37,4 +38,30 @@ func IMAPAppend(c *imapclient.Client, mailbox string, raw []byte, flags ...imap.
 		return 0, err
 	}
 	return data.UID, nil
+}
+
+// IMAPLogin dials addr over plaintext IMAP and logs user in; the caller
+// must Logout and Close. who names the server in the error.
+func IMAPLogin(who, addr, user, password string) (*imapclient.Client, error) {
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login(user, password).Wait(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: login %s: %w", who, user, err)
+	}
+	return c, nil
+}
+
+// IMAPAppendAs logs user in at addr, APPENDs raw to mailbox as IMAPAppend
+// does, and logs out.
+func IMAPAppendAs(who, addr, user, password, mailbox string, raw []byte, flags ...imap.Flag) (imap.UID, error) {
+	c, err := IMAPLogin(who, addr, user, password)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	defer func() { c.Logout().Wait() }()
+	return IMAPAppend(c, mailbox, raw, flags...)
 }

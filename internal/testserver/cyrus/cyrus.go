@@ -24,7 +24,6 @@ package cyrus
 import (
 	"errors"
 	"fmt"
-	"github.com/popgate/popgate/internal/testutil"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +36,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -93,12 +94,8 @@ func Start(t testing.TB, opts Options) *Server {
 // pop3 also asks for pop3d.
 func Require(t testing.TB, pop3 bool) {
 	t.Helper()
-	if _, err := binaries(pop3); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := binaries(pop3)
+	testutil.RequireProgram(t, err)
 }
 
 type bins struct{ master, ctl, httpd, imapd, pop3d, lmtpd, saslpasswd string }
@@ -215,7 +212,7 @@ func start(b bins, opts Options) (*Server, error) {
 	}
 	os.Chmod(dir, 0o755)
 
-	ports, hold, err := reservePorts(3)
+	ports, hold, err := testutil.ReservePorts(3)
 	if err != nil {
 		return fail(err)
 	}
@@ -311,29 +308,6 @@ func writeOwned(path, text string, uid, gid int) error {
 		return os.Chown(path, uid, gid)
 	}
 	return nil
-}
-
-// reservePorts picks n free loopback ports and keeps them bound until
-// release is called, so that two instances started at once never get the
-// same port.
-func reservePorts(n int) (ports []int, release func(), err error) {
-	var ls []net.Listener
-	release = func() {
-		for _, l := range ls {
-			l.Close()
-		}
-		ls = nil
-	}
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			release()
-			return nil, nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, release, nil
 }
 
 func (s *Server) imapdConf() string {
@@ -518,27 +492,13 @@ func (s *Server) Close() error {
 
 // Dial logs user in over plaintext IMAP; the caller must Logout/Close.
 func (s *Server) Dial(user string) (*imapclient.Client, error) {
-	c, err := imapclient.DialInsecure(s.imapAddr, nil)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Login(user, s.Password(user)).Wait(); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("cyrus: login %s: %w", user, err)
-	}
-	return c, nil
+	return testutil.IMAPLogin("cyrus", s.imapAddr, user, s.Password(user))
 }
 
 // Append stores raw (CRLF line endings: Cyrus turns bare LF into CRLF) in
 // user's mailbox (created if missing) with flags, and returns its UID.
 func (s *Server) Append(user, mailbox string, raw []byte, flags ...imap.Flag) (imap.UID, error) {
-	c, err := s.Dial(user)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	defer func() { c.Logout().Wait() }()
-	return AppendWith(c, mailbox, raw, flags...)
+	return testutil.IMAPAppendAs("cyrus", s.imapAddr, user, s.Password(user), mailbox, raw, flags...)
 }
 
 // AppendWith APPENDs raw to mailbox over c, creating the mailbox when the

@@ -14,7 +14,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/popgate/popgate/internal/testutil"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
@@ -116,24 +117,12 @@ func Start(t testing.TB, opts Options) *Server {
 // Require skips t (or fails it when CI=true) when dovecot is not installed.
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := binary(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := binary()
+	testutil.RequireProgram(t, err)
 }
 
 func binary() (string, error) {
-	if p, err := exec.LookPath("dovecot"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/dovecot", "/usr/local/sbin/dovecot"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", ErrNotInstalled
+	return testutil.FindProgram("dovecot", ErrNotInstalled, "/usr/sbin", "/usr/local/sbin")
 }
 
 // New starts a private Dovecot; the caller must Close it. It returns
@@ -194,10 +183,11 @@ func start(bin string, opts Options) (*Server, error) {
 			return fail(err)
 		}
 	}
-	ports, err := freePorts(3)
+	ports, release, err := testutil.ReservePorts(3)
 	if err != nil {
 		return fail(err)
 	}
+	defer release()
 	if !opts.NoIMAP {
 		s.imapAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	}
@@ -227,6 +217,7 @@ func start(bin string, opts Options) (*Server, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	release()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fail(err)
@@ -380,25 +371,6 @@ func (s *Server) config(opts Options, uid, gid int, extraGlobal string, ports []
 	return b.String()
 }
 
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
 func (s *Server) oauth2ConfigFile() string { return filepath.Join(s.Dir, "oauth2.conf.ext") }
 
 func (s *Server) usersDir() string { return filepath.Join(s.Dir, "users") }
@@ -476,27 +448,13 @@ func (s *Server) Close() error {
 
 // Dial logs user in over plaintext IMAP; the caller must Logout/Close.
 func (s *Server) Dial(user string) (*imapclient.Client, error) {
-	c, err := imapclient.DialInsecure(s.imapAddr, nil)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Login(user, s.Password(user)).Wait(); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("dovecot: login %s: %w", user, err)
-	}
-	return c, nil
+	return testutil.IMAPLogin("dovecot", s.imapAddr, user, s.Password(user))
 }
 
 // Append stores raw in user's mailbox (created if missing) with flags and
 // returns its UID.
 func (s *Server) Append(user, mailbox string, raw []byte, flags ...imap.Flag) (imap.UID, error) {
-	c, err := s.Dial(user)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	defer func() { c.Logout().Wait() }()
-	return AppendWith(c, mailbox, raw, flags...)
+	return testutil.IMAPAppendAs("dovecot", s.imapAddr, user, s.Password(user), mailbox, raw, flags...)
 }
 
 // AppendWith APPENDs raw to mailbox over c, creating the mailbox when the

@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 // ErrNotInstalled is returned by New when haproxy is not found.
@@ -70,12 +72,8 @@ type Server struct {
 // Require skips t (or fails it when CI=true) when haproxy is missing.
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := binary(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := binary()
+	testutil.RequireProgram(t, err)
 }
 
 // Start starts a private HAProxy for t and stops it on t.Cleanup.
@@ -91,15 +89,7 @@ func Start(t testing.TB, opts Options) *Server {
 }
 
 func binary() (string, error) {
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", ErrNotInstalled
+	return testutil.FindProgram("haproxy", ErrNotInstalled, "/usr/sbin", "/usr/local/sbin")
 }
 
 // New starts a private HAProxy; the caller must Close it.

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/testutil"
 )
 
 // ErrNotInstalled is returned by New when redis-server is not found.
@@ -54,12 +56,8 @@ type Server struct {
 // Require skips t (or fails it when CI=true) when redis-server is missing.
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := binary(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	_, err := binary()
+	testutil.RequireProgram(t, err)
 }
 
 // Start starts a private Redis for t and stops it on t.Cleanup.
@@ -75,15 +73,7 @@ func Start(t testing.TB, opts Options) *Server {
 }
 
 func binary() (string, error) {
-	if p, err := exec.LookPath("redis-server"); err == nil {
-		return p, nil
-	}
-	for _, p := range []string{"/usr/bin/redis-server", "/usr/local/bin/redis-server"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", ErrNotInstalled
+	return testutil.FindProgram("redis-server", ErrNotInstalled, "/usr/bin", "/usr/local/bin")
 }
 
 // New starts a private Redis; the caller must Close it.

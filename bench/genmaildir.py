@@ -69,4 +69,5 @@ def main():
     print("%s: %d messages, %d octets (CRLF)" % (out, count, total))
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/internal/config"
+	"github.com/popgate/popgate/internal/lock"
 	"github.com/popgate/popgate/internal/oauth"
 )
 
@@ -258,8 +260,10 @@ type custody struct {
 
 // buildCustody opens the token store and the custodian of cfg's
 // credentials; nil when there are none. prev is reused when the
-// credentials and the store are unchanged.
-func buildCustody(cfg *config.Config, log zerolog.Logger, prev *custody) (*custody, error) {
+// credentials and the store are unchanged. sc (nil in tests that build a
+// daemon directly) counts the refreshes and, with a cluster, gives the
+// refresh lock every node shares.
+func buildCustody(cfg *config.Config, log zerolog.Logger, prev *custody, sc *scale) (*custody, error) {
 	if len(cfg.Credentials) == 0 {
 		return nil, nil
 	}
@@ -278,7 +282,15 @@ func buildCustody(cfg *config.Config, log zerolog.Logger, prev *custody) (*custo
 	if err != nil {
 		return nil, fmt.Errorf("token_store: %w", err)
 	}
-	if c.cu, err = oauth.New(c.creds, st, oauth.Options{Log: log}); err != nil {
+	o := oauth.Options{Log: log}
+	if sc != nil {
+		o.OnRefresh = sc.metrics.TokenRefresh
+		if sc.cluster != nil {
+			o.RefreshLock = sc.cluster.RefreshLocker()
+			o.LockHeld = func(err error) bool { return errors.Is(err, lock.ErrHeld) }
+		}
+	}
+	if c.cu, err = oauth.New(c.creds, st, o); err != nil {
 		return nil, fmt.Errorf("credentials: %w", err)
 	}
 	return c, nil

@@ -46,6 +46,66 @@ type Options struct {
 	RefreshAhead time.Duration
 	// RequestTimeout: DefaultRequestTimeout when zero.
 	RequestTimeout time.Duration
+	// RefreshLock, when set, is a lock every gateway node shares (the
+	// cluster's Redis): a refresh takes it, keyed by the credential's
+	// name (the Locker keeps its own key namespace), before it
+	// reads the store again and asks the token endpoint, so that two
+	// nodes never spend one refresh token against each other. Without it
+	// the store's file lock alone serialises the processes of one host
+	// (or of a shared volume whose flock works across hosts).
+	RefreshLock Locker
+	// LockWait bounds the wait for RefreshLock (DefaultLockWait when zero).
+	LockWait time.Duration
+	// LockHeld reports whether an error of RefreshLock.TryLock means that
+	// another process holds the key (then the refresh waits and tries
+	// again); nil: errors.Is(err, ErrLockHeld). Any other error fails the
+	// refresh: a token is never refreshed without the lock.
+	LockHeld func(error) bool
+	// OnRefresh, when set, is told of every request to the token endpoint
+	// this custodian made for a refresh: ok or failed (metrics). A token
+	// another node stored meanwhile is no refresh of ours.
+	OnRefresh func(ok bool)
+}
+
+// DefaultLockWait bounds the wait for Options.RefreshLock.
+const DefaultLockWait = 45 * time.Second
+
+// Locker is a non-blocking lock on a key shared by several processes
+// (lock.Redis). TryLock fails with an error that Options.LockHeld
+// recognises when another holder has the key.
+type Locker interface {
+	TryLock(ctx context.Context, key string) (release func(), err error)
+}
+
+// ErrLockHeld is the default "held by another process" error of a Locker.
+var ErrLockHeld = errors.New("refresh lock held by another process")
+
+// lockRetry is the pause between two tries of a held refresh lock.
+const lockRetry = 50 * time.Millisecond
+
+// takeLock takes the shared refresh lock of c, waiting while another
+// process holds it, up to lockWait. Without a shared lock it returns a
+// release that does nothing.
+func (cu *Custodian) takeLock(c *cred) (func(), error) {
+	if cu.lock == nil {
+		return func() {}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cu.lockWait)
+	defer cancel()
+	for {
+		release, err := cu.lock.TryLock(ctx, c.name)
+		if err == nil {
+			return release, nil
+		}
+		if !cu.isHeld(err) {
+			return nil, fmt.Errorf("refresh lock: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("refresh lock: still held by another node after %s", cu.lockWait)
+		case <-time.After(lockRetry):
+		}
+	}
 }
 
 // Token is an access token for one upstream login.
@@ -68,12 +128,16 @@ func (t Token) GoString() string { return "oauth.Token{" + t.String() + "}" }
 // missing, expiring or rejected, one request per credential goes to the
 // token endpoint and all of them get its answer.
 type Custodian struct {
-	store   *Store
-	creds   map[string]*cred
-	log     zerolog.Logger
-	now     func() time.Time
-	ahead   time.Duration
-	timeout time.Duration
+	store     *Store
+	creds     map[string]*cred
+	log       zerolog.Logger
+	now       func() time.Time
+	ahead     time.Duration
+	timeout   time.Duration
+	lock      Locker
+	lockWait  time.Duration
+	isHeld    func(error) bool
+	onRefresh func(ok bool)
 }
 
 type cred struct {
@@ -96,7 +160,14 @@ type flight struct {
 
 // New returns a custodian of creds whose tokens live in store.
 func New(creds map[string]CredentialConfig, store *Store, o Options) (*Custodian, error) {
-	cu := &Custodian{store: store, creds: map[string]*cred{}, log: o.Log, now: o.Now, ahead: o.RefreshAhead, timeout: o.RequestTimeout}
+	cu := &Custodian{store: store, creds: map[string]*cred{}, log: o.Log, now: o.Now, ahead: o.RefreshAhead, timeout: o.RequestTimeout,
+		lock: o.RefreshLock, lockWait: o.LockWait, isHeld: o.LockHeld, onRefresh: o.OnRefresh}
+	if cu.lockWait <= 0 {
+		cu.lockWait = DefaultLockWait
+	}
+	if cu.isHeld == nil {
+		cu.isHeld = func(err error) bool { return errors.Is(err, ErrLockHeld) }
+	}
 	if cu.now == nil {
 		cu.now = time.Now
 	}
@@ -281,28 +352,40 @@ func (cu *Custodian) refresh(c *cred, old Record, f *flight) {
 	var rec Record
 	var err error
 	fetched, stored := false, false
-	uerr := cu.store.Update(c.name, func(cur Record, found bool) (Record, bool, error) {
-		if found && cur.AccessToken != old.AccessToken && cu.freshRecord(&cur, bad) {
-			rec = cur // refreshed by another process
-			return cur, false, nil
+	// With a cluster, the shared lock first: the store is read again
+	// under it (inside Update), so a token another node refreshed while
+	// this one waited is taken as it is.
+	release, lerr := cu.takeLock(c)
+	if lerr != nil {
+		err = lerr
+	} else {
+		uerr := cu.store.Update(c.name, func(cur Record, found bool) (Record, bool, error) {
+			if found && cur.AccessToken != old.AccessToken && cu.freshRecord(&cur, bad) {
+				rec = cur // refreshed by another process
+				return cur, false, nil
+			}
+			if found && cur.RefreshToken != "" {
+				old.RefreshToken = cur.RefreshToken
+			}
+			rec, err = cu.fetch(c, old)
+			if err != nil {
+				return Record{}, false, nil
+			}
+			fetched, stored = true, true
+			return rec, true, nil
+		})
+		release()
+		if uerr != nil {
+			if err == nil && !fetched {
+				err = uerr // the store could not be read: no token
+			} else if fetched {
+				stored = false
+				cu.log.Error().Str("credential", c.name).Err(uerr).Msg("oauth token obtained but not stored: it is used until restart")
+			}
 		}
-		if found && cur.RefreshToken != "" {
-			old.RefreshToken = cur.RefreshToken
-		}
-		rec, err = cu.fetch(c, old)
-		if err != nil {
-			return Record{}, false, nil
-		}
-		fetched, stored = true, true
-		return rec, true, nil
-	})
-	if uerr != nil {
-		if err == nil && !fetched {
-			err = uerr // the store could not be read: no token
-		} else if fetched {
-			stored = false
-			cu.log.Error().Str("credential", c.name).Err(uerr).Msg("oauth token obtained but not stored: it is used until restart")
-		}
+	}
+	if cu.onRefresh != nil && (fetched || err != nil) {
+		cu.onRefresh(fetched)
 	}
 	if err != nil {
 		err = Describe(err)
@@ -310,6 +393,8 @@ func (cu *Custodian) refresh(c *cred, old Record, f *flight) {
 			Msg("oauth token refresh failed: the stored token is unchanged")
 	} else if fetched {
 		cu.log.Info().Str("credential", c.name).Str("type", c.cfg.Type).Time("expiry", rec.Expiry).Bool("stored", stored).Msg("oauth token obtained")
+	} else {
+		cu.log.Debug().Str("credential", c.name).Msg("oauth token refreshed by another process: taken from the store")
 	}
 	c.mu.Lock()
 	if err == nil {

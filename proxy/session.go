@@ -79,9 +79,12 @@ type session struct {
 	// counters for the logout line
 	start     time.Time
 	retrieved int
-	topped    int
-	deleted   int
-	end       string
+	// lastRetr is the message of the last RETR, if retrSeen (hintNext).
+	lastRetr int
+	retrSeen bool
+	topped   int
+	deleted  int
+	end      string
 }
 
 func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64) *session {

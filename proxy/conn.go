@@ -218,8 +218,11 @@ type lineReader struct {
 	buf []byte // the current line; reused, so its content is only valid until the next read
 	// budget is the server's cap on long SASL lines; held: this reader
 	// holds one of them (its buf may grow up to maxSASLLine) until wipe.
+	// onBusy, if set, is called when the cap refuses a line, at once
+	// (the answer waits for the line's end).
 	budget *lineBudget
 	held   bool
+	onBusy func()
 }
 
 // readLine returns the next line without its terminator. A line longer than
@@ -249,6 +252,9 @@ func (lr *lineReader) readLine(limit int, longer func([]byte) bool) ([]byte, err
 			// A long SASL line: it needs one of the server's buffers.
 			if lr.held = lr.budget.acquire(); !lr.held {
 				over, busy = true, true
+				if lr.onBusy != nil {
+					lr.onBusy()
+				}
 			}
 		}
 		if over {

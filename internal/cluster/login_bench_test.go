@@ -113,3 +113,75 @@ func BenchmarkLogin(b *testing.B) {
 		}
 	}
 }
+
+// TestLoginRoundTrips pins the Redis round trips of the README's table
+// "What a login costs": a plain login 3 (failure counts, lock, release),
+// with a login delay 4, a wrong password 3 (counts, one INCR+PEXPIRE
+// script for the address and one for the name), a right password after
+// failures 4 (the clear added), and with the penalty off 2 (the lock).
+func TestLoginRoundTrips(t *testing.T) {
+	srv := redis.Start(t, redis.Options{Password: "pw"})
+	from := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 40000}
+	store := memory.New()
+	for _, u := range []string{"plain", "delayed", "failing", "nopenalty"} {
+		store.AddUser(u, "pw-"+u)
+	}
+	rt, err := backends.NewRouter([]backends.Route{{Match: "*", Backend: "corp"}}, map[string]backends.Backend{"corp": store}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newNode(t, srv)
+	rts := &roundTrips{}
+	c.AddHook(rts)
+	ctx := context.Background()
+	// A failure delay of 1ms: counted like the default, hardly waited.
+	on := throttle.Policy{Base: time.Millisecond, Max: time.Millisecond}
+	count := func(policy throttle.Policy, loginDelay time.Duration, user, pass string, wantErr bool) int64 {
+		t.Helper()
+		g := identity.New(identity.Options{Upstream: rt, Store: c.Store(), Policy: policy, LoginDelay: loginDelay, Logger: zerolog.Nop()})
+		before := rts.n.Load()
+		mb, err := g.Login(ctx, backends.Credentials{Username: user, Password: pass, Mechanism: "USER", RemoteAddr: from})
+		if wantErr {
+			if err == nil {
+				t.Fatalf("%s: login succeeded", user)
+			}
+			return rts.n.Load() - before
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		h, err := lock.Acquire(ctx, c.Locker(), backends.MaildropID(mb, backends.Credentials{Username: user}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Release()
+		mb.Close()
+		return rts.n.Load() - before
+	}
+	// Load the scripts (a script's first run costs a NOSCRIPT round trip
+	// more, once per Redis).
+	count(on, 0, "plain", "pw-plain", false)
+	c.Store().AddFailure(ctx, "warm", time.Second)
+	c.Store().ClaimLogin(ctx, "warm", time.Second)
+	for _, k := range []string{"fail:addr:192.0.2.1", "fail:user:plain"} {
+		c.Store().ClearFailures(ctx, k)
+	}
+	for _, tc := range []struct {
+		name       string
+		policy     throttle.Policy
+		loginDelay time.Duration
+		user, pass string
+		wantErr    bool
+		want       int64
+	}{
+		{"plain login", on, 0, "plain", "pw-plain", false, 3},
+		{"login with a login delay", on, time.Hour, "delayed", "pw-delayed", false, 4},
+		{"wrong password", on, 0, "failing", "wrong", true, 3},
+		{"right password after a failure", on, 0, "failing", "pw-failing", false, 4},
+		{"penalty off", throttle.Policy{}, 0, "nopenalty", "pw-nopenalty", false, 2},
+	} {
+		if got := count(tc.policy, tc.loginDelay, tc.user, tc.pass, tc.wantErr); got != tc.want {
+			t.Errorf("%s: %d round trips, want %d", tc.name, got, tc.want)
+		}
+	}
+}

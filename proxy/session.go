@@ -98,6 +98,7 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 	ss.log = o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
 	ss.conn.init(nc, o.WriteTimeout)
 	ss.conn.lr.budget = &s.saslBufs
+	ss.conn.lr.onBusy = ss.logSASLBusy
 	return ss
 }
 

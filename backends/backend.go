@@ -163,3 +163,16 @@ func LoginDelayOf(mb Mailbox) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// NextHinter is an optional interface of a Mailbox: after opening message
+// m for RETR, the proxy names the message the client will likely retrieve
+// next (the following one, while the client retrieves in order: RETR 1,
+// 2, …), so that the store can start fetching it while m streams. It is a
+// hint only: the client may ask for another message, or for none, and the
+// store must serve every Open exactly as without the hint (data fetched
+// ahead for one message is never served for another). A store keeps what
+// it fetched ahead bounded and short-lived, and drops it at the latest on
+// Commit and Close. Found through Unwrapper chains (Find).
+type NextHinter interface {
+	HintNext(next Message)
+}

@@ -55,9 +55,26 @@ type testCluster struct {
 	hap   *haproxy.Server
 }
 
+// clusterLimits is the auth and session sections of the nodes of
+// startCluster: no failure delay, no login delay.
+const clusterLimits = `auth:
+  allow_plaintext: true
+  failure_delay: 0s
+session:
+  command_timeout: 120s
+  login_timeout: 5m
+`
+
 // startCluster starts Redis, n popgate nodes with lock_lease lease, and
 // HAProxy in front of them, all stopped at the end of t.
 func startCluster(t *testing.T, n int, lease string) *testCluster {
+	t.Helper()
+	return startClusterWith(t, n, lease, clusterLimits)
+}
+
+// startClusterWith is startCluster with limits as the nodes' auth and
+// session sections.
+func startClusterWith(t *testing.T, n int, lease, limits string) *testCluster {
 	t.Helper()
 	require(t)
 	redis.Require(t)
@@ -89,13 +106,7 @@ backends:
     command_timeout: 120s
 routes:
   - {match: "*", backend: dovecot}
-auth:
-  allow_plaintext: true
-  failure_delay: 0s
-session:
-  command_timeout: 120s
-  login_timeout: 5m
-cluster:
+%scluster:
   redis:
     address: "%s"
     password: ${E2E_REDIS_PASSWORD}
@@ -110,7 +121,7 @@ shutdown:
 log:
   level: debug
   format: json
-`, nd.name, nd.pop3, dc.Addr(), c.redis.Addr(), lease, nd.admin), 0o600)
+`, nd.name, nd.pop3, dc.Addr(), limits, c.redis.Addr(), lease, nd.admin), 0o600)
 		c.nodes = append(c.nodes, nd)
 		bes = append(bes, haproxy.Backend{Name: nd.name, Addr: nd.pop3, CheckAddr: nd.admin})
 	}

@@ -15,15 +15,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -47,6 +48,10 @@ type faultPhase struct {
 	doc     string // what the phase is, for the doc
 	trigger string
 	nth     int
+	// after: the toxic goes in once this many octets of the answer to the
+	// triggering request have come back (the relay stops reading the
+	// answer meanwhile): a fault in the middle of one HTTP response.
+	after int64
 	// limit is limit_data's byte count in this phase (counted from the
 	// trigger): where the cut falls.
 	limit int64
@@ -93,17 +98,51 @@ const (
 
 // faultCase is one cell of the matrix with its expected outcome.
 type faultCase struct {
+	store *faultStore
 	phase faultPhase
 	toxic faultToxic
 	sees  string
 }
 
-// faultCases is the matrix: every phase × every toxic.
-func faultCases() []faultCase {
+// faultStore is one store type's matrix: its phases and what each case
+// must give.
+type faultStore struct {
+	name   string // imap, jmap, rest
+	prefix string // of the case users' names
+	phases []faultPhase
+	sees   func(phase, toxic string) string
+	end    func(c faultCase) string
+	up     func(c faultCase) [3]string
+	// lift: the toxic is removed after liftAfter while the client still
+	// reads (a slow transfer that would outlast the test), instead of
+	// after the phase's outcome.
+	lift func(phase, toxic string) bool
+	// errCmdText is what the client sees in a seesErrCmd case.
+	errCmdText func(phase string) string
+	marker     string // the table's first line in docs/failure-modes.md
+}
+
+// liftAfter is how long a lifted toxic acts.
+const liftAfter = 5 * time.Second
+
+var imapFaults = &faultStore{
+	name: "imap", prefix: "f-", phases: faultPhases, sees: expectSees,
+	end: imapEnd, up: imapUpstream, lift: func(string, string) bool { return false },
+	errCmdText: func(phase string) string {
+		if phase == "top" {
+			return "`-ERR [SYS/TEMP]` to TOP; QUIT then `-ERR [SYS/TEMP]` too"
+		}
+		return "`-ERR [SYS/TEMP]` to QUIT"
+	},
+	marker: tableStart,
+}
+
+// faultCases is the matrix of st: every phase × every toxic.
+func faultCases(st *faultStore) []faultCase {
 	var cs []faultCase
-	for _, p := range faultPhases {
+	for _, p := range st.phases {
 		for _, x := range faultToxics {
-			cs = append(cs, faultCase{phase: p, toxic: x, sees: expectSees(p.name, x.name)})
+			cs = append(cs, faultCase{store: st, phase: p, toxic: x, sees: st.sees(p.name, x.name)})
 		}
 	}
 	return cs
@@ -131,7 +170,9 @@ func expectSees(phase, toxic string) string {
 }
 
 // end is the session's "end" log field for c.
-func (c faultCase) end() string {
+func (c faultCase) end() string { return c.store.end(c) }
+
+func imapEnd(c faultCase) string {
 	switch {
 	case c.sees == seesOK, c.sees == seesErrPass:
 		return "quit" // after -ERR at PASS the client says QUIT in AUTHORIZATION
@@ -150,7 +191,9 @@ const (
 )
 
 // upstream is the state of messages 1, 2, 3 after c.
-func (c faultCase) upstream() [3]string {
+func (c faultCase) upstream() [3]string { return c.store.up(c) }
+
+func imapUpstream(c faultCase) [3]string {
 	st := [3]string{upKept, upKept, upKept}
 	del := func(s string) {
 		for _, n := range c.phase.deletes {
@@ -173,7 +216,7 @@ func (c faultCase) upstream() [3]string {
 
 func (c faultCase) name() string { return c.phase.name + "/" + c.toxic.name }
 
-func (c faultCase) user() string { return "f-" + c.phase.name + "-" + c.toxic.name }
+func (c faultCase) user() string { return c.store.prefix + c.phase.name + "-" + c.toxic.name }
 
 func (c faultCase) attrs() toxiproxy.Attributes {
 	if c.toxic.name == "limit_data" {
@@ -189,23 +232,23 @@ var seesText = map[string]string{
 	seesErrCmd:  "`-ERR [SYS/TEMP]` to the command",
 }
 
-// matrixTable renders faultCases as the Markdown table of
+// matrixTable renders st's cases as the Markdown table of
 // docs/failure-modes.md.
-func matrixTable() string {
+func matrixTable(st *faultStore) string {
 	var b strings.Builder
 	b.WriteString("| phase | toxic | the client sees | `end` | message 1 | message 2 | message 3 |\n")
 	b.WriteString("|---|---|---|---|---|---|---|\n")
-	for _, c := range faultCases() {
+	for _, c := range faultCases(st) {
 		toxic := c.toxic.name
 		if toxic == "limit_data" {
 			toxic += " " + strconv.FormatInt(c.phase.limit, 10)
 		}
+		if st.lift(c.phase.name, c.toxic.name) {
+			toxic += fmt.Sprintf(" (lifted after %s)", liftAfter)
+		}
 		sees := seesText[c.sees]
 		if c.sees == seesErrCmd {
-			sees = "`-ERR [SYS/TEMP]` to " + map[string]string{"top": "TOP", "quit": "QUIT", "quit-expunge": "QUIT"}[c.phase.name]
-			if c.phase.name == "top" {
-				sees += "; QUIT then `-ERR [SYS/TEMP]` too"
-			}
+			sees = st.errCmdText(c.phase.name)
 		}
 		up := c.upstream()
 		fmt.Fprintf(&b, "| %s | %s | %s | `%s` | %s | %s | %s |\n", c.phase.name, toxic, sees, c.end(), up[0], up[1], up[2])
@@ -219,29 +262,36 @@ const (
 	tableEnd   = "<!-- end of fault matrix -->\n"
 )
 
-// The matrix in docs/failure-modes.md is the one this test runs.
+// The matrices in docs/failure-modes.md are the ones the tests run.
 func TestFailureModesDoc(t *testing.T) {
-	raw, err := os.ReadFile(docPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc := string(raw)
-	i, j := strings.Index(doc, tableStart), strings.Index(doc, tableEnd)
-	if i < 0 || j < i {
-		t.Fatalf("%s: no %q … %q block", docPath, tableStart, tableEnd)
-	}
-	want := matrixTable()
-	got := doc[i+len(tableStart) : j]
-	if got == want {
-		return
-	}
-	if *updateDoc {
-		if err := os.WriteFile(docPath, []byte(doc[:i+len(tableStart)]+want+doc[j:]), 0o644); err != nil {
+	for _, st := range []*faultStore{imapFaults, jmapFaults, restFaults} {
+		raw, err := os.ReadFile(docPath)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return
+		doc := string(raw)
+		i := strings.Index(doc, st.marker)
+		j := -1
+		if i >= 0 {
+			j = strings.Index(doc[i:], tableEnd)
+		}
+		if i < 0 || j < 0 {
+			t.Fatalf("%s: no %q … %q block", docPath, st.marker, tableEnd)
+		}
+		j += i
+		want := matrixTable(st)
+		got := doc[i+len(st.marker) : j]
+		if got == want {
+			continue
+		}
+		if *updateDoc {
+			if err := os.WriteFile(docPath, []byte(doc[:i+len(st.marker)]+want+doc[j:]), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		t.Errorf("%s's %s matrix differs from the test's cases; rerun with -args -update-failure-modes. The test's table:\n%s", docPath, st.name, want)
 	}
-	t.Fatalf("%s's matrix differs from the test's cases; rerun with -args -update-failure-modes. The test's table:\n%s", docPath, want)
 }
 
 // toxiServer starts toxiproxy-server on a free loopback port until the end
@@ -284,6 +334,7 @@ type phaseRelay struct {
 	armed  bool
 	trig   string
 	nth    int
+	after  int64
 	seen   int
 	fire   func()
 	fired  chan struct{}
@@ -315,18 +366,28 @@ func newPhaseRelay(t *testing.T, target string) *phaseRelay {
 func (r *phaseRelay) addr() string { return r.ln.Addr().String() }
 
 // arm makes the relay call fire before the nth upstream write containing
-// trigger ("*": any write).
-func (r *phaseRelay) arm(trigger string, nth int, fire func()) {
+// trigger ("*": any write), or, with after > 0, once after octets of the
+// answer on that connection have been forwarded (reading no more of it
+// until fire returns).
+func (r *phaseRelay) arm(trigger string, nth int, after int64, fire func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.armed, r.trig, r.nth, r.seen, r.fire = true, trigger, nth, 0, fire
+	r.armed, r.trig, r.nth, r.after, r.seen, r.fire = true, trigger, nth, after, 0, fire
 }
 
-func (r *phaseRelay) check(tail, chunk []byte) {
+// deferredFire is a trigger seen, waiting for after octets of the answer.
+type deferredFire struct {
+	fire  func()
+	after int64
+}
+
+// check counts the trigger in chunk (an upstream write) and returns what
+// to fire, if this is the nth.
+func (r *phaseRelay) check(tail, chunk []byte) *deferredFire {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if !r.armed {
-		r.mu.Unlock()
-		return
+		return nil
 	}
 	window := append(append([]byte{}, tail...), chunk...)
 	if r.trig == "*" {
@@ -335,14 +396,11 @@ func (r *phaseRelay) check(tail, chunk []byte) {
 		r.seen += bytes.Count(window, []byte(r.trig)) - bytes.Count(tail, []byte(r.trig))
 	}
 	if r.seen < r.nth {
-		r.mu.Unlock()
-		return
+		return nil
 	}
 	r.armed = false
 	fire := r.fire
-	r.mu.Unlock()
-	fire()
-	close(r.fired)
+	return &deferredFire{fire: func() { fire(); close(r.fired) }, after: r.after}
 }
 
 func (r *phaseRelay) relay(c net.Conn) {
@@ -352,13 +410,41 @@ func (r *phaseRelay) relay(c net.Conn) {
 		return
 	}
 	defer u.Close()
-	go func() { io.Copy(c, u); c.Close() }()
+	var pending atomic.Pointer[deferredFire]
+	go func() {
+		defer c.Close()
+		buf := make([]byte, 16<<10)
+		var got int64
+		for {
+			n, err := u.Read(buf)
+			if n > 0 {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					return
+				}
+				if p := pending.Load(); p != nil {
+					if got += int64(n); got >= p.after {
+						pending.Store(nil)
+						p.fire()
+					}
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 	buf := make([]byte, 64<<10)
 	var tail []byte
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {
-			r.check(tail, buf[:n])
+			if f := r.check(tail, buf[:n]); f != nil {
+				if f.after > 0 {
+					pending.Store(f)
+				} else {
+					f.fire()
+				}
+			}
 			if _, werr := u.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -374,26 +460,25 @@ func (r *phaseRelay) relay(c net.Conn) {
 	}
 }
 
-// faultGateway runs popgate serve with a backend per case (its upstream
-// address the case's relay), routed by exact login name, and a "clean"
-// backend straight to Dovecot for everyone else (the bystanders).
-func faultGateway(t *testing.T, relays map[string]string, secrets []string) *gateway {
+// faultGateway runs popgate serve with a backend per case (backends:
+// the user → the backend's YAML keys, indented by four spaces; its
+// upstream address the case's relay), routed by exact login name, and a
+// "clean" backend straight to Dovecot for everyone else (the bystanders).
+func faultGateway(t *testing.T, backends map[string]string, secrets []string) *gateway {
 	t.Helper()
 	dir := t.TempDir()
 	g := &gateway{addr: "127.0.0.1:" + freePort(t), logPath: filepath.Join(dir, "popgate.log"), secrets: secrets}
 	var b strings.Builder
 	fmt.Fprintf(&b, "listeners:\n  - {address: %q, tls: none}\n", g.addr)
 	b.WriteString("backends:\n")
-	backend := func(name, addr string) {
-		fmt.Fprintf(&b, "  %s:\n    type: imap\n    address: %q\n    tls: none\n    dial_timeout: 10s\n    command_timeout: 10s\n    delete: {policy: expunge}\n", name, addr)
-	}
-	backend("clean", dc.Addr())
+	fmt.Fprintf(&b, "  clean:\n%s", imapFaultBackend(dc.Addr()))
 	var users []string
-	for u := range relays {
+	for u := range backends {
 		users = append(users, u)
 	}
+	sort.Strings(users)
 	for _, u := range users {
-		backend(u, relays[u])
+		fmt.Fprintf(&b, "  %s:\n%s", u, backends[u])
 	}
 	b.WriteString("routes:\n")
 	for _, u := range users {
@@ -413,6 +498,12 @@ log:
   format: json
 `)
 	return runGateway(t, g, dir, b.String())
+}
+
+// imapFaultBackend is the backend section of an IMAP server at addr, with
+// the matrix's short timeouts.
+func imapFaultBackend(addr string) string {
+	return fmt.Sprintf("    type: imap\n    address: %q\n    tls: none\n    dial_timeout: 10s\n    command_timeout: 10s\n    delete: {policy: expunge}\n", addr)
 }
 
 // bigMessage is a 1.5 MiB message (two upstream chunks) with dot-leading
@@ -614,26 +705,106 @@ func TestFaultMatrix(t *testing.T) {
 	if *reference {
 		t.Skip("the fault matrix tests popgate")
 	}
+	runFaultMatrix(t, imapFaults, dovecotFaults{}, dc.Addr(), false)
+}
+
+// faultUpstream is a store type's side of the matrix: its users, mail and
+// the popgate backend in front of it.
+type faultUpstream interface {
+	// addUser creates user and returns the password.
+	addUser(t *testing.T, user string) string
+	// seed puts msgs in user's maildrop, in this order.
+	seed(t *testing.T, user string, msgs [][]byte)
+	// states returns, for each of msgs, upKept, upFlagged or upGone.
+	states(t *testing.T, user string, msgs [][]byte) []string
+	// backend is the backend's YAML keys for an upstream at addr.
+	backend(addr string) string
+}
+
+// dovecotFaults is the IMAP matrix's upstream.
+type dovecotFaults struct{}
+
+func (dovecotFaults) addUser(t *testing.T, user string) string { return newUser(t, user) }
+func (dovecotFaults) seed(t *testing.T, user string, msgs [][]byte) {
+	appendAll(t, user, msgs)
+}
+func (dovecotFaults) backend(addr string) string { return imapFaultBackend(addr) }
+func (dovecotFaults) states(t *testing.T, user string, msgs [][]byte) []string {
+	_, held := upstream(t, user)
+	var out []string
+	for _, m := range msgs {
+		state := upGone
+		for _, h := range held {
+			if bytes.Equal(h.Raw, m) {
+				state = upKept
+				if h.has(imap.FlagDeleted) {
+					state = upFlagged
+				}
+			}
+		}
+		out = append(out, state)
+	}
+	return out
+}
+
+// runFaultMatrix runs st's cases, popgate → relay → Toxiproxy → target
+// (up's server), or with relayBehind popgate → Toxiproxy → relay → target,
+// several at a time; the bystanders use Dovecot. Behind Toxiproxy, a relay
+// that stops reading an answer (faultPhase.after) holds back everything
+// after that point until the toxic is in place; in front of it, what
+// Toxiproxy has buffered meanwhile would pass untouched.
+func runFaultMatrix(t *testing.T, st *faultStore, up faultUpstream, target string, relayBehind bool) {
 	tox := toxiServer(t)
-	cases := faultCases()
+	cases := faultCases(st)
 	small := demo.Samples()
 	big := bigMessage()
-	relays := map[string]string{}
+	backends := map[string]string{}
 	caseRelay := map[string]*phaseRelay{}
 	proxies := map[string]*toxiproxy.Proxy{}
+	passwords := map[string]string{}
 	var secrets []string
 	for _, c := range cases {
-		px, err := tox.CreateProxy(c.user(), "127.0.0.1:0", dc.Addr())
+		var r *phaseRelay
+		var px *toxiproxy.Proxy
+		var err error
+		if relayBehind {
+			r = newPhaseRelay(t, target)
+			px, err = tox.CreateProxy(c.user(), "127.0.0.1:0", r.addr())
+		} else {
+			px, err = tox.CreateProxy(c.user(), "127.0.0.1:0", target)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		upAddr := px.Listen
+		if !relayBehind {
+			r = newPhaseRelay(t, px.Listen)
+			upAddr = r.addr()
+		}
 		proxies[c.user()] = px
-		r := newPhaseRelay(t, px.Listen)
 		caseRelay[c.user()] = r
-		relays[c.user()] = r.addr()
-		secrets = append(secrets, newUser(t, c.user()), newUser(t, "by-"+c.user()))
+		backends[c.user()] = up.backend(upAddr)
+		passwords[c.user()] = up.addUser(t, c.user())
+		passwords["by-"+c.user()] = newUser(t, "by-"+c.user())
+		secrets = append(secrets, passwords[c.user()], passwords["by-"+c.user()])
 	}
-	g := faultGateway(t, relays, secrets)
+	if s, ok := up.(interface{ start(*testing.T) }); ok {
+		s.start(t)
+	}
+	g := faultGateway(t, backends, secrets)
+
+	// The mail, one user after the other (Cyrus fails concurrent APPENDs
+	// now and then).
+	caseMsgs := map[string][][]byte{}
+	for _, c := range cases {
+		msgs := [][]byte{small[0].Raw, small[1].Raw, small[2].Raw}
+		if c.phase.name == "retr" || c.phase.name == "top" {
+			msgs[1] = big
+		}
+		caseMsgs[c.user()] = msgs
+		up.seed(t, c.user(), msgs)
+		appendAll(t, "by-"+c.user(), [][]byte{small[0].Raw})
+	}
 
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
@@ -644,55 +815,75 @@ func TestFaultMatrix(t *testing.T) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			t.Run(c.name(), func(t *testing.T) {
-				msgs := [][]byte{small[0].Raw, small[1].Raw, small[2].Raw}
-				if c.phase.name == "retr" || c.phase.name == "top" {
-					msgs[1] = big
-				}
+				msgs := caseMsgs[c.user()]
 				ip := fmt.Sprintf("127.0.1.%d", i+1)
-				runFaultCase(t, g, c, ip, proxies[c.user()], caseRelay[c.user()], msgs, small[0].Raw)
+				runFaultCase(t, g, c, ip, passwords, proxies[c.user()], caseRelay[c.user()], msgs, small[0].Raw)
+				got := up.states(t, c.user(), msgs)
+				want := c.upstream()
+				for i := range msgs {
+					if got[i] != want[i] {
+						t.Errorf("message %d upstream: %s, want %s", i+1, got[i], want[i])
+					}
+				}
 			})
 		}()
 	}
 	wg.Wait()
 }
 
-func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiproxy.Proxy, relay *phaseRelay, msgs [][]byte, byMsg []byte) {
-	user, pass := c.user(), dc.Password(c.user())
-	appendAll(t, user, msgs)
-	appendAll(t, "by-"+user, [][]byte{byMsg})
+func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, passwords map[string]string, px *toxiproxy.Proxy, relay *phaseRelay, msgs [][]byte, byMsg []byte) {
+	user, pass := c.user(), passwords[c.user()]
 
 	var by sync.WaitGroup
 	defer by.Wait()
+	var removeOnce sync.Once
+	var remove func()
 	install := func() {
 		if _, err := px.AddToxic("fault", c.toxic.name, "downstream", 1, c.attrs()); err != nil {
 			t.Errorf("adding toxic: %v", err)
 		}
+		if c.store.lift(c.phase.name, c.toxic.name) {
+			time.AfterFunc(liftAfter, func() { remove() })
+		}
 		by.Add(1)
 		go func() {
 			defer by.Done()
-			bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), "by-"+user, dc.Password("by-"+user), byMsg)
+			by := "by-" + user
+			bystander(t, g, strings.Replace(ip, "127.0.1.", "127.0.2.", 1), by, passwords[by], byMsg)
 		}()
 	}
+	// answered: the client has the status line of the phase's command. A
+	// fault in the middle of an answer (phase.after) waits for it, so that
+	// it hits the message stream, not the calls Open makes before +OK.
+	answered := make(chan struct{})
+	var answeredOnce sync.Once
+	gotAnswer := func() { answeredOnce.Do(func() { close(answered) }) }
+	defer gotAnswer()
 	arm := func() {
-		if c.phase.trigger == "" {
+		switch {
+		case c.phase.trigger == "":
 			install()
 			close(relay.fired)
-			return
-		}
-		relay.arm(c.phase.trigger, c.phase.nth, install)
-	}
-	remove := func() {
-		select {
-		case <-relay.fired:
+		case c.phase.after > 0:
+			relay.arm(c.phase.trigger, c.phase.nth, c.phase.after, func() { <-answered; install() })
 		default:
-			t.Errorf("the phase's trigger %q (#%d) never went upstream", c.phase.trigger, c.phase.nth)
-			return
-		}
-		if err := px.RemoveToxic("fault"); err != nil {
-			t.Errorf("removing toxic: %v", err)
+			relay.arm(c.phase.trigger, c.phase.nth, 0, install)
 		}
 	}
-
+	remove = func() {
+		removeOnce.Do(func() {
+			select {
+			case <-relay.fired:
+			default:
+				t.Errorf("the phase's trigger %q (#%d) never went upstream", c.phase.trigger, c.phase.nth)
+				return
+			}
+			if err := px.RemoveToxic("fault"); err != nil {
+				t.Errorf("removing toxic: %v", err)
+			}
+		})
+	}
+	defer remove()
 	p := dialPOP3(t, ip, g.addr)
 	if l := p.cmd("USER %s", user); !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("USER: %s", l)
@@ -734,7 +925,7 @@ func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiprox
 				t.Fatalf("DELE %d: %s", n, l)
 			}
 		}
-		sees = runFaultCommand(t, p, c, msgs[1], arm, remove)
+		sees = runFaultCommand(t, p, c, msgs[1], arm, gotAnswer, remove)
 	}
 	if sees != c.sees {
 		t.Errorf("client saw %s, want %s", sees, c.sees)
@@ -755,29 +946,11 @@ func runFaultCase(t *testing.T, g *gateway, c faultCase, ip string, px *toxiprox
 	} else if ends[0]["end"] != c.end() {
 		t.Errorf("session end: end=%v, want %s", ends[0]["end"], c.end())
 	}
-
-	// What Dovecot holds.
-	_, held := upstream(t, user)
-	want := c.upstream()
-	for i, m := range msgs {
-		state := upGone
-		for _, h := range held {
-			if bytes.Equal(h.Raw, m) {
-				state = upKept
-				if h.has(imap.FlagDeleted) {
-					state = upFlagged
-				}
-			}
-		}
-		if state != want[i] {
-			t.Errorf("message %d upstream: %s, want %s", i+1, state, want[i])
-		}
-	}
 }
 
 // runFaultCommand runs the phase's command (RETR 2, TOP 2 10 or QUIT) with
 // the toxic armed, and QUIT after it when the session goes on.
-func runFaultCommand(t *testing.T, p *pop3, c faultCase, msg2 []byte, arm, remove func()) string {
+func runFaultCommand(t *testing.T, p *pop3, c faultCase, msg2 []byte, arm, gotAnswer, remove func()) string {
 	arm()
 	switch c.phase.name {
 	case "retr", "top":
@@ -787,6 +960,7 @@ func runFaultCommand(t *testing.T, p *pop3, c faultCase, msg2 []byte, arm, remov
 			cmd, want = "TOP 2 10", topOf(msg2, 10)
 		}
 		l := p.cmd(cmd)
+		gotAnswer()
 		var sees string
 		switch {
 		case strings.HasPrefix(l, "-ERR [SYS/TEMP]"):
@@ -805,22 +979,25 @@ func runFaultCommand(t *testing.T, p *pop3, c faultCase, msg2 []byte, arm, remov
 				if !bytes.HasPrefix(want, got) {
 					t.Errorf("%s: the %d octets before the cut are not the message's beginning", cmd, len(got))
 				}
+				if c.phase.after > 0 && int64(len(got)) < c.phase.after/2 {
+					t.Errorf("%s: cut after %d octets: the fault was to come in the middle of the message", cmd, len(got))
+				}
+				t.Logf("%s cut after %d of %d octets", cmd, len(got), len(want))
 				return sees
 			}
 		default:
 			t.Fatalf("%s: %s", cmd, l)
 		}
 		l = p.cmd("QUIT")
-		if sees == seesOK && !strings.HasPrefix(l, "+OK") {
-			t.Errorf("QUIT: %s", l)
-		}
-		if sees == seesErrCmd {
+		if c.end() == "commit_failed" {
 			if !strings.HasPrefix(l, "-ERR [SYS/TEMP]") {
-				t.Errorf("QUIT after a failed %s: %s, want -ERR [SYS/TEMP]", cmd, l)
+				t.Errorf("QUIT after %s: %s, want -ERR [SYS/TEMP]", cmd, l)
 			}
 			if !p.closed() {
 				t.Errorf("connection still open after a failed commit")
 			}
+		} else if !strings.HasPrefix(l, "+OK") {
+			t.Errorf("QUIT: %s", l)
 		}
 		return sees
 	default: // quit, quit-expunge

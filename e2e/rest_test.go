@@ -29,17 +29,9 @@ var (
 	storeBinErr  error
 )
 
-// restStore is a running maildir-store with one user.
-type restStore struct {
-	url, root, user string
-	seq             atomic.Int64
-}
-
-func startRestStore(t *testing.T, user, pass string) *restStore {
+// buildRestStore builds examples/maildir-store once, into storeBin.
+func buildRestStore(t *testing.T) {
 	t.Helper()
-	if *reference {
-		t.Skip("no reference POP3 for the rest backend")
-	}
 	storeBinOnce.Do(func() {
 		storeBin = filepath.Join(filepath.Dir(popgateBin), "maildir-store")
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -52,6 +44,20 @@ func startRestStore(t *testing.T, user, pass string) *restStore {
 	if storeBinErr != nil {
 		t.Fatal(storeBinErr)
 	}
+}
+
+// restStore is a running maildir-store with one user.
+type restStore struct {
+	url, root, user string
+	seq             atomic.Int64
+}
+
+func startRestStore(t *testing.T, user, pass string) *restStore {
+	t.Helper()
+	if *reference {
+		t.Skip("no reference POP3 for the rest backend")
+	}
+	buildRestStore(t)
 	dir := t.TempDir()
 	s := &restStore{root: filepath.Join(dir, "mail"), user: user}
 	for _, sub := range []string{"cur", "new", "tmp"} {
@@ -63,8 +69,17 @@ func startRestStore(t *testing.T, user, pass string) *restStore {
 	users := filepath.Join(dir, "users")
 	writeFile(t, users, user+":"+string(h)+"\n", 0o600)
 	addr := "127.0.0.1:" + freePort(t)
+	runRestStore(t, dir, addr, s.root, users)
+	s.url = "http://" + addr + "/pop/v1"
+	return s
+}
+
+// runRestStore runs maildir-store on addr (Maildirs under root, users file
+// users, its log in dir) until the end of t.
+func runRestStore(t *testing.T, dir, addr, root, users string) {
+	t.Helper()
 	logf, _ := os.Create(filepath.Join(dir, "store.log"))
-	cmd := exec.Command(storeBin, "--listen", addr, "--maildirs", s.root, "--users", users)
+	cmd := exec.Command(storeBin, "--listen", addr, "--maildirs", root, "--users", users)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -82,8 +97,6 @@ func startRestStore(t *testing.T, user, pass string) *restStore {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.url = "http://" + addr + "/pop/v1"
-	return s
 }
 
 // deliver writes msgs (CRLF) as LF Maildir files and returns their ids.

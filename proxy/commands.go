@@ -349,6 +349,9 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		cancel()
 		return reply{}, ss.backendError("open", err)
 	}
+	if !top {
+		ss.hintNext(i)
+	}
 	var src io.Reader = watched{r: rc, sw: watch}
 	if top {
 		src = &topReader{r: src, k: lines}
@@ -378,7 +381,7 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 			cancel()
 		}()
 		sentOK.Store(true)
-		body := dotWriter{w: ss.conn.w}
+		body := dotWriter{w: ss.conn.w, out: &ss.conn.out}
 		_, err := body.Write(buf[:n])
 		if err == nil && rerr == nil {
 			if wt, ok := rc.(io.WriterTo); ok && !top {
@@ -416,6 +419,21 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 		}
 		return nil
 	}}, nil
+}
+
+// hintNext tells a store that fetches ahead (backends.NextHinter) which
+// message the client will likely retrieve after message i: the next one,
+// when the client retrieves in order (its first RETR, or the one after its
+// last), and unless it is marked deleted.
+func (ss *session) hintNext(i int) {
+	inOrder := !ss.retrSeen || i == ss.lastRetr+1
+	ss.retrSeen, ss.lastRetr = true, i
+	if !inOrder || i+1 >= ss.snap.len() || ss.snap.deleted(i+1) {
+		return
+	}
+	if h, ok := backends.Find[backends.NextHinter](ss.mb); ok {
+		h.HintNext(ss.snap.msg(i + 1))
+	}
 }
 
 // backendError logs a failed backend call (ErrMessageGone is expected, not

@@ -112,8 +112,11 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 		if code == backends.CodeAuth {
 			return reply{}, ss.authFailed(c.Username, c.Mechanism, err, text)
 		}
-		ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
-		ss.o.Metrics.Login(loginError)
+		result := loginResult(err, code)
+		if result == loginError {
+			ss.log.Warn().Err(err).Str("user", c.Username).Msg("backend login failed")
+		}
+		ss.o.Metrics.Login(result)
 		return reply{}, refusal(code, text)
 	}
 	if mb == nil {
@@ -175,6 +178,24 @@ func (ss *session) login(c backends.Credentials) (reply, error) {
 	ss.state = stateTransaction
 	ss.log.Debug().Str("mechanism", c.Mechanism).Int("messages", len(msgs)).Msg("logged in")
 	return reply{text: ss.maildropText()}, nil
+}
+
+// loginResult is the Observer.Login result of a refused login other than
+// [AUTH]: "login_delay" for [LOGIN-DELAY] (RFC 2449 §8.1.2), the result an
+// error names through a LoginResult method (the identity gate's
+// "throttled"), else "error".
+func loginResult(err error, code backends.Code) string {
+	if code == backends.CodeLoginDelay {
+		return loginTooEarly
+	}
+	var named interface{ LoginResult() string }
+	if errors.As(err, &named) {
+		switch r := named.LoginResult(); r {
+		case loginThrottled:
+			return r
+		}
+	}
+	return loginError
 }
 
 // admit is where the gateway decides about a login before asking the

@@ -12,8 +12,9 @@ type Observer interface {
 	// SessionEnded: the connection ended with the end reason of its
 	// "session end" log line, having sent octets to the client.
 	SessionEnded(end string, octets int64)
-	// Login: a login attempt ended with result "ok", "auth", "in_use" or
-	// "error".
+	// Login: a login attempt ended with result "ok", "auth", "in_use",
+	// "login_delay" ([LOGIN-DELAY]), "throttled" (ended during its failure
+	// delay) or "error".
 	Login(result string)
 	// LockTaken: taking the maildrop lock took wait; conflict when another
 	// session held it.
@@ -39,6 +40,11 @@ const (
 	loginAuth  = "auth"
 	loginInUse = "in_use"
 	loginError = "error"
+	// loginTooEarly: refused with [LOGIN-DELAY] (RFC 2449 §8.1.2).
+	loginTooEarly = "login_delay"
+	// loginThrottled: ended during its failure delay, before the
+	// credentials were checked (the Backend's error says so).
+	loginThrottled = "throttled"
 )
 
 // commitMargin is added to CommandTimeout when a session confirms its lock

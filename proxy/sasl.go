@@ -231,14 +231,18 @@ func (ss *session) saslStep(challenge string, initial *string) ([]byte, error) {
 }
 
 // saslBusy answers an AUTH whose long line was refused because
-// Options.MaxSASLBuffers long SASL lines are being read already: -ERR
-// [SYS/TEMP] (RFC 3206 §4: try again later), not a protocol fault. The log
-// line comes at most once a second for the whole server, with the number
-// refused since the previous one.
+// Options.MaxSASLBuffers long SASL lines were being read already: -ERR
+// [SYS/TEMP] (RFC 3206 §4: try again later), not a protocol fault.
 func (ss *session) saslBusy() error {
+	return refusal(backends.CodeSysTemp, "server busy, try again later")
+}
+
+// logSASLBusy logs a long SASL line refused by the cap, when it is refused
+// (its answer waits for the line's end): at most one line a second for the
+// whole server, with the number refused since the previous one.
+func (ss *session) logSASLBusy() {
 	if n := ss.srv.saslBufs.refusal(time.Now()); n > 0 {
 		ss.log.Warn().Int("refused", n).Int("max_sasl_buffers", ss.o.MaxSASLBuffers).
 			Msg("SASL buffer limit reached, AUTH refused")
 	}
-	return refusal(backends.CodeSysTemp, "server busy, try again later")
 }

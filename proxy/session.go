@@ -79,9 +79,12 @@ type session struct {
 	// counters for the logout line
 	start     time.Time
 	retrieved int
-	topped    int
-	deleted   int
-	end       string
+	// lastRetr is the message of the last RETR, if retrSeen (hintNext).
+	lastRetr int
+	retrSeen bool
+	topped   int
+	deleted  int
+	end      string
 }
 
 func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64) *session {
@@ -95,6 +98,7 @@ func newSession(s *Server, nc net.Conn, lc ListenerConfig, o Options, id uint64)
 	ss.log = o.Logger.With().Uint64("conn", id).Str("remote", nc.RemoteAddr().String()).Str("listener", lc.Name).Logger()
 	ss.conn.init(nc, o.WriteTimeout)
 	ss.conn.lr.budget = &s.saslBufs
+	ss.conn.lr.onBusy = ss.logSASLBusy
 	return ss
 }
 

@@ -3,6 +3,7 @@
 # Not part of CI. Runs on loopback only, bounded in time.
 #
 #   scripts/attack.sh [N]        # N slowloris + N silent connections (default 5000)
+#   SASL_BUFFERS=100000 scripts/attack.sh   # auth.max_sasl_buffers (default 256): step 4 without the cap
 #
 # It builds popgate and pop3attack, starts `popgate demo` only for its embedded
 # IMAP store (user demo, password demo), and `popgate serve` in front of it
@@ -13,10 +14,13 @@
 #   2. N slowloris + N silent connections from 250 addresses of 127.0.0.0/8,
 #      popgate's VmRSS and open files before and with them open (KB per
 #      connection), and the normal client again while they are held;
-#   3. garbage, TLS floods and TLS stalls at a modest size, with the normal client.
+#   3. garbage, TLS floods and TLS stalls at a modest size, with the normal client;
+#   4. N/5 connections each holding a long SASL line open (AUTH PLAIN and 16 KiB,
+#      then an octet a second): VmRSS per connection under auth.max_sasl_buffers.
 # Prints pop3attack's lines and popgate's log summary (lines per message).
 set -euo pipefail
 N="${1:-5000}"
+SB="${SASL_BUFFERS:-256}"
 cd "$(dirname "$0")/.."
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * N + 500)) ]; then
@@ -46,7 +50,7 @@ backends:
   demo: {type: imap, address: "$IMAP", tls: none}
 routes:
   - {match: "*", backend: demo}
-auth: {allow_plaintext: true, failure_delay: 0s}
+auth: {allow_plaintext: true, failure_delay: 0s, max_sasl_buffers: $SB}
 session: {login_timeout: 2m, max_connections: 0, max_connections_per_ip: 0}
 log: {level: info, format: json}
 YAML
@@ -62,6 +66,9 @@ echo "== $N slowloris + $N silent (held 60s), normal client before and during"
 echo "== garbage (20 of each kind), TLS floods (500 each), 200 TLS stalls per port (held 20s)"
 "$tmp/pop3attack" -addr "$POP3" -tls-addr "$POP3S" -attacks garbage,tls-flood,tls-stall -n 200 -garbage-n 20 \
 	-flood-n 500 -c 16 -sources 250 -hold 20s -probe-user demo -probe-pass demo -probes 200 -pid "$PG" -max 5m
+echo "== $((N / 5)) slow SASL lines (AUTH PLAIN + 16 KiB, then an octet a second; held 30s), max_sasl_buffers $SB"
+"$tmp/pop3attack" -addr "$POP3" -attacks sasl-slow -n "$((N / 5))" -sources 250 -hold 30s -interval 1s \
+	-probe-user demo -probe-pass demo -probes 100 -pid "$PG" -max 5m
 echo "== popgate log: lines per message"
 python3 - "$tmp/popgate.log" <<'PY'
 import json, sys, collections

@@ -42,6 +42,10 @@ type Mailbox struct {
 	broken  error // set when the connection is unusable
 	reader  io.Closer
 	closed  bool
+	// ahead is the fetch sent ahead of need, if any (ahead.go); next is
+	// the message HintNext named.
+	ahead *aheadFetch
+	next  *nextHint
 
 	poolKey  string    // with reuse on: the warm pool key of this user and credential
 	loggedIn time.Time // when the upstream accepted the credential (reuse max_age)
@@ -50,6 +54,7 @@ type Mailbox struct {
 var (
 	_ backends.Mailbox            = (*Mailbox)(nil)
 	_ backends.MaildropIdentifier = (*Mailbox)(nil)
+	_ backends.NextHinter         = (*Mailbox)(nil)
 )
 
 // MaildropID is the lock key: the backend name (or its address) and the
@@ -66,6 +71,7 @@ func (m *Mailbox) MaildropID() string {
 // either ends first, which fails every pending command. A connection error
 // or timeout marks the session broken; the result is ErrUnavailable.
 func (m *Mailbox) guard(ctx context.Context, op string, f func() error) error {
+	m.dropAhead()
 	if m.broken != nil {
 		return backends.ErrUnavailable.Wrap(fmt.Errorf("imap %s: connection already failed: %w", op, m.broken))
 	}
@@ -452,6 +458,8 @@ func (m *Mailbox) Close() error {
 	if m.reader != nil {
 		m.reader.Close()
 	}
+	m.dropAhead()
+	m.next = nil
 	m.closed = true
 	if m.park() {
 		return nil

@@ -17,9 +17,10 @@ import (
 // (TOP) in chunks: each chunk is one UID FETCH of a partial section
 // (BODY.PEEK[]<offset.size>, RFC 3501 §6.4.5), read off the socket at once
 // into a buffer of Config.ChunkSize octets and then handed to the caller at
-// the caller's pace. Memory stays one chunk whatever the message size, and
-// a slow POP3 client never holds an upstream literal open (go-imap allows a
-// literal five minutes): between chunks the upstream connection is idle.
+// the caller's pace. Memory stays one chunk (two while the next one is
+// fetched ahead, ahead.go) whatever the message size, and a slow POP3
+// client never holds an upstream literal open (go-imap allows a literal
+// five minutes): each chunk is read off the socket as soon as it arrives.
 type msgReader struct {
 	m     *Mailbox
 	ctx   context.Context
@@ -121,7 +122,10 @@ func (r *msgReader) next() error {
 }
 
 // fill fetches the next chunk into the buffer and sets r.last when it is
-// the final one.
+// the final one. For RETR the chunk is taken from the fetch sent ahead
+// when there is one for exactly this chunk (Mailbox.claim); once it has
+// the chunk, fill sends the fetch of the following chunk, or of the first
+// chunk of the hinted next message, ahead (Mailbox.startAhead).
 func (r *msgReader) fill(ctx context.Context, first bool) error {
 	chunk := int64(len(*r.bufp))
 	for {
@@ -133,6 +137,7 @@ func (r *msgReader) fill(ctx context.Context, first bool) error {
 				r.buf, r.pos, r.last = nil, 0, true
 				return nil
 			}
+			chunk = int64(r.m.b.chunk)
 			n = min(chunk, r.limit-r.off)
 			whole = r.off == 0 && r.limit <= chunk
 		case imap.PartSpecifierHeader: // TOP: the header, blank line included
@@ -144,7 +149,7 @@ func (r *msgReader) fill(ctx context.Context, first bool) error {
 			n = r.textN
 			r.textN = min(chunk, r.textN*2)
 		}
-		got, err := r.fetch(ctx, r.section, r.off, n, whole)
+		got, err := r.get(ctx, fetchKey{uid: r.uid, section: r.section, off: r.off, n: n, whole: whole})
 		if err != nil {
 			if errors.Is(err, backends.ErrMessageGone) && !first {
 				// Mid-stream: the proxy has sent +OK already.
@@ -167,6 +172,14 @@ func (r *msgReader) fill(ctx context.Context, first bool) error {
 				return backends.ErrUnavailable.Wrap(fmt.Errorf("imap: UID %d: upstream sent %d octets at offset %d, expected %d (RFC822.SIZE %d)", r.uid, got, r.off-int64(got), n, r.size))
 			}
 			r.last = r.off >= r.limit
+			if !r.last {
+				// The next chunk is requested now and read by a goroutine
+				// while this one goes to the client.
+				next := min(chunk, r.limit-r.off)
+				r.m.startAhead(fetchKey{uid: r.uid, section: imap.PartSpecifierNone, off: r.off, n: next}, false)
+			} else {
+				r.m.prefetchNext(r.uid)
+			}
 		case imap.PartSpecifierHeader:
 			if int64(got) < n { // header complete
 				r.section, r.off, r.left = imap.PartSpecifierText, 0, r.lines
@@ -198,59 +211,96 @@ func (r *msgReader) fill(ctx context.Context, first bool) error {
 	}
 }
 
-// fetch reads UID FETCH uid BODY.PEEK[section]<off.n> (or the whole
-// section) into the buffer. A message that is not there any more gives
-// backends.ErrMessageGone.
-func (r *msgReader) fetch(ctx context.Context, section imap.PartSpecifier, off, n int64, whole bool) (int, error) {
-	m := r.m
-	buf := *r.bufp
-	got := 0
-	err := m.guard(ctx, "fetch", func() error {
-		item := &imap.FetchItemBodySection{Specifier: section, Peek: true}
-		if !whole {
-			item.Partial = &imap.SectionPartial{Offset: off, Size: n}
-		}
-		cmd := m.c.Fetch(imap.UIDSetNum(r.uid), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{item}})
-		found := false
-		var rerr error
-		for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
-			for it := msg.Next(); it != nil; it = msg.Next() {
-				body, ok := it.(imapclient.FetchItemDataBodySection)
-				if !ok || found || !body.MatchCommand(item) {
-					continue
-				}
-				found = true
-				if body.Literal == nil { // NIL
-					continue
-				}
-				if sz := body.Literal.Size(); sz > n {
-					rerr = fmt.Errorf("UID %d: upstream sent %d octets, expected %d (RFC822.SIZE wrong?)", r.uid, sz, n)
-					continue
-				}
-				got, rerr = io.ReadFull(body.Literal, buf[:body.Literal.Size()])
-				if rerr != nil {
-					// The connection broke mid-literal. Leave cmd alone:
-					// go-imap would read the dead literal again while its
-					// reader goroutine moves on. guard closes the
-					// connection, which ends the command.
-					return fmt.Errorf("reading literal: %w", rerr)
-				}
-			}
-		}
-		err := cmd.Close()
-		var ie *imap.Error
-		switch {
-		case errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo:
-			// e.g. Dovecot's NO [EXPUNGEISSUE] for a message expunged meanwhile
-			return backends.ErrMessageGone.Wrap(err)
-		case err != nil:
-			return err
-		case rerr != nil:
-			return backends.ErrUnavailable.Wrap(rerr)
-		case !found: // RFC 3501 §6.4.8: no FETCH answer for a UID that is gone
-			return backends.ErrMessageGone.Wrap(fmt.Errorf("imap: UID %d not in mailbox", r.uid))
-		}
-		return nil
+// get reads the chunk k into r.bufp: from the fetch sent ahead for
+// exactly k if there is one, else with one UID FETCH now.
+func (r *msgReader) get(ctx context.Context, k fetchKey) (int, error) {
+	bufp, got, err := r.m.claim(ctx, k)
+	if err != nil {
+		return 0, err
+	}
+	if bufp != nil {
+		r.m.b.putBuf(r.bufp)
+		r.bufp = bufp
+		return got, nil
+	}
+	if int64(len(*r.bufp)) < k.n { // a smaller buffer taken from a fetch ahead
+		r.m.b.putBuf(r.bufp)
+		r.bufp = r.m.b.getBuf(k.n)
+	}
+	err = r.m.guard(ctx, "fetch", func() error {
+		cmd, item := r.m.sendFetch(k)
+		got, err = readFetch(cmd, item, k, *r.bufp)
+		return err
 	})
 	return got, err
+}
+
+// fetchKey is one fetch of a message's octets: UID FETCH uid
+// BODY.PEEK[section]<off.n>, or the whole section.
+type fetchKey struct {
+	uid     imap.UID
+	section imap.PartSpecifier
+	off, n  int64
+	whole   bool
+}
+
+// sendFetch sends the UID FETCH of k without waiting for the answer.
+func (m *Mailbox) sendFetch(k fetchKey) (*imapclient.FetchCommand, *imap.FetchItemBodySection) {
+	item := &imap.FetchItemBodySection{Specifier: k.section, Peek: true}
+	if !k.whole {
+		item.Partial = &imap.SectionPartial{Offset: k.off, Size: k.n}
+	}
+	return m.c.Fetch(imap.UIDSetNum(k.uid), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{item}}), item
+}
+
+// readFetch reads the answer of the fetch k into buf (at least k.n
+// octets). A message that is not there any more gives
+// backends.ErrMessageGone; an error that is neither a *backends.Error nor
+// an IMAP status means the connection failed (guard's classification).
+func readFetch(cmd *imapclient.FetchCommand, item *imap.FetchItemBodySection, k fetchKey, buf []byte) (int, error) {
+	got := 0
+	found := false
+	var rerr error
+	for msg := cmd.Next(); msg != nil; msg = cmd.Next() {
+		for it := msg.Next(); it != nil; it = msg.Next() {
+			// go-imap hands a FETCH answer to the first pending command
+			// that asked for its UID; MatchCommand also checks the section
+			// and the partial offset, so octets of another message or
+			// another chunk are never taken for these.
+			body, ok := it.(imapclient.FetchItemDataBodySection)
+			if !ok || found || !body.MatchCommand(item) {
+				continue
+			}
+			found = true
+			if body.Literal == nil { // NIL
+				continue
+			}
+			if sz := body.Literal.Size(); sz > k.n {
+				rerr = fmt.Errorf("UID %d: upstream sent %d octets, expected %d (RFC822.SIZE wrong?)", k.uid, sz, k.n)
+				continue
+			}
+			got, rerr = io.ReadFull(body.Literal, buf[:body.Literal.Size()])
+			if rerr != nil {
+				// The connection broke mid-literal. Leave cmd alone:
+				// go-imap would read the dead literal again while its
+				// reader goroutine moves on. The caller closes the
+				// connection, which ends the command.
+				return got, fmt.Errorf("reading literal: %w", rerr)
+			}
+		}
+	}
+	err := cmd.Close()
+	var ie *imap.Error
+	switch {
+	case errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo:
+		// e.g. Dovecot's NO [EXPUNGEISSUE] for a message expunged meanwhile
+		return got, backends.ErrMessageGone.Wrap(err)
+	case err != nil:
+		return got, err
+	case rerr != nil:
+		return got, backends.ErrUnavailable.Wrap(rerr)
+	case !found: // RFC 3501 §6.4.8: no FETCH answer for a UID that is gone
+		return got, backends.ErrMessageGone.Wrap(fmt.Errorf("imap: UID %d not in mailbox", k.uid))
+	}
+	return got, nil
 }

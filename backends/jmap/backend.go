@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,6 +45,9 @@ type Backend struct {
 	// pageSize, when set (tests), caps the Email/query page below the
 	// server's maxObjectsInGet.
 	pageSize int
+	// tokens hands out the access tokens of named OAuth2 credentials
+	// (Credentials.Credential); nil: none configured.
+	tokens backends.Tokens
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -132,12 +136,37 @@ func (b *Backend) Close() error {
 	return nil
 }
 
+// SetTokens gives the backend the OAuth2 tokens of named credentials
+// (Credentials.Credential). Call it before the first Login.
+func (b *Backend) SetTokens(t backends.Tokens) { b.tokens = t }
+
 // Login fetches the session resource with c's credentials (RFC 8620 §2):
-// a 401/403 is [AUTH]; anything else that fails is [SYS/TEMP].
+// HTTP Basic with the password, or `Authorization: Bearer` with a token
+// (c.Token, or the access token of c.Credential, which is refreshed and
+// the request sent again once when the server answers 401). A 401/403 is
+// [AUTH]; anything else that fails, or a credential's token that cannot be
+// obtained, is [SYS/TEMP].
 func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
 	log := b.log.With().Str("user", c.Username).Logger()
 	start := time.Now()
-	cred := basicAuth{user: c.Username, pass: c.Password}
+	var cred credential = basicAuth{user: c.Username, pass: c.Password}
+	switch {
+	case c.Credential != "":
+		log = log.With().Str("credential", c.Credential).Logger()
+		if b.tokens == nil {
+			err := fmt.Errorf("credential %s: no OAuth2 credentials configured", c.Credential)
+			log.Error().Err(err).Msg("upstream login failed")
+			return nil, backends.ErrUnavailable.Wrap(err)
+		}
+		tok, err := b.tokens.AccessToken(ctx, c.Credential)
+		if err != nil {
+			log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
+			return nil, backends.ErrUnavailable.Wrap(err)
+		}
+		cred = &bearerAuth{tokens: b.tokens, name: c.Credential, token: tok}
+	case c.Token != "":
+		cred = &bearerAuth{token: c.Token}
+	}
 	sess, err := b.fetchSession(ctx, cred)
 	if err != nil {
 		err = classify(err)

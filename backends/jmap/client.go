@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/popgate/popgate/backends"
@@ -29,16 +30,61 @@ const (
 	maxRetryAfter = 10 * time.Second
 )
 
-// credential authorizes one HTTP request upstream. Basic (the client's
-// USER/PASS) today; a bearer token can replace it without other changes.
+// credential authorizes one HTTP request upstream: HTTP Basic with the
+// client's USER/PASS, or an OAuth2 bearer token.
 type credential interface {
 	authorize(r *http.Request)
+	// renew replaces the credential of req, which the server answered
+	// 401 to; true when a new one is in place and the request may be
+	// sent again.
+	renew(ctx context.Context, req *http.Request) (bool, error)
 }
 
 // basicAuth forwards the POP3 client's credentials (RFC 7617).
 type basicAuth struct{ user, pass string }
 
-func (b basicAuth) authorize(r *http.Request) { r.SetBasicAuth(b.user, b.pass) }
+func (b basicAuth) authorize(r *http.Request)                        { r.SetBasicAuth(b.user, b.pass) }
+func (basicAuth) renew(context.Context, *http.Request) (bool, error) { return false, nil }
+
+// bearerAuth sends an OAuth2 bearer token (RFC 6750 §2.1): a named
+// credential's, which renew refreshes through the custodian, or a fixed
+// one (a client's own, a hook's), which cannot be renewed.
+type bearerAuth struct {
+	tokens backends.Tokens // nil: a fixed token
+	name   string
+
+	mu    sync.Mutex
+	token string
+}
+
+func (a *bearerAuth) current() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.token
+}
+
+func (a *bearerAuth) authorize(r *http.Request) { r.Header.Set("Authorization", "Bearer "+a.current()) }
+
+func (a *bearerAuth) renew(ctx context.Context, req *http.Request) (bool, error) {
+	if a.tokens == nil {
+		return false, nil
+	}
+	sent := strings.TrimPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if a.current() != sent {
+		return true, nil // a concurrent request of the session renewed it already
+	}
+	// The custodian ignores a token it replaced already, so concurrent
+	// renewals cause one refresh.
+	a.tokens.Invalidate(a.name, sent)
+	t, err := a.tokens.AccessToken(ctx, a.name)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	a.token = t
+	a.mu.Unlock()
+	return t != sent, nil
+}
 
 // session is the part of the JMAP session resource (RFC 8620 §2) popgate
 // uses, URLs resolved.
@@ -111,9 +157,13 @@ func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
 
 // do sends one HTTP request built by mk under ctx, retrying after a
 // 429/503 with Retry-After when idempotent (a bounded number of times, only
-// when the pause fits before ctx ends). A non-2xx answer is a
-// *statusError; the caller closes the returned body.
-func (b *Backend) do(ctx context.Context, op string, idempotent bool, mk func() (*http.Request, error)) (*http.Response, error) {
+// when the pause fits before ctx ends). A 401 with a credential that can
+// be renewed (a named OAuth2 credential's token) renews it once and sends
+// the request once more (a 401 means the server did nothing, RFC 6750
+// §3.1 invalid_token). A non-2xx answer is a *statusError; the caller
+// closes the returned body.
+func (b *Backend) do(ctx context.Context, op string, idempotent bool, cred credential, mk func() (*http.Request, error)) (*http.Response, error) {
+	renewed := false
 	for attempt := 0; ; attempt++ {
 		req, err := mk()
 		if err != nil {
@@ -127,6 +177,17 @@ func (b *Backend) do(ctx context.Context, op string, idempotent bool, mk func() 
 			return resp, nil
 		}
 		drain(resp.Body)
+		if resp.StatusCode == http.StatusUnauthorized && cred != nil && !renewed {
+			renewed = true
+			ok, err := cred.renew(ctx, req)
+			if err != nil {
+				return nil, fmt.Errorf("jmap %s: HTTP 401, and no new token: %w", op, err)
+			}
+			if ok {
+				b.log.Info().Str("op", op).Msg("upstream rejected the OAuth2 token: retrying once with a new one")
+				continue
+			}
+		}
 		if d, ok := retryAfter(resp, time.Now()); ok && idempotent && attempt < maxRetries {
 			if dl, has := ctx.Deadline(); !has || time.Until(dl) > d {
 				b.log.Debug().Str("op", op).Int("status", resp.StatusCode).Dur("retry_after", d).Msg("upstream asks to retry later")
@@ -195,7 +256,7 @@ func (l *limitReader) Read(p []byte) (int, error) {
 func (b *Backend) fetchSession(ctx context.Context, cred credential) (*session, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.CommandTimeout)
 	defer cancel()
-	resp, err := b.do(ctx, "session", true, func() (*http.Request, error) {
+	resp, err := b.do(ctx, "session", true, cred, func() (*http.Request, error) {
 		req, err := http.NewRequest(http.MethodGet, b.cfg.URL, nil)
 		if err != nil {
 			return nil, err
@@ -333,7 +394,7 @@ func (m *Mailbox) api(ctx context.Context, op string, idempotent bool, calls []c
 
 	ctx, cancel := context.WithTimeout(ctx, m.b.cfg.CommandTimeout)
 	defer cancel()
-	resp, err := m.b.do(ctx, op, idempotent, func() (*http.Request, error) {
+	resp, err := m.b.do(ctx, op, idempotent, m.cred, func() (*http.Request, error) {
 		req, err := http.NewRequest(http.MethodPost, m.sess.apiURL, bytes.NewReader(payload))
 		if err != nil {
 			return nil, err

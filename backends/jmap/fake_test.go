@@ -35,7 +35,10 @@ type fakeJMAP struct {
 	emails []*fakeEmail
 
 	// hook, when set, may answer a request itself (return true).
-	hook     func(w http.ResponseWriter, r *http.Request, kind string) bool
+	hook func(w http.ResponseWriter, r *http.Request, kind string) bool
+	// bearer, when set, decides requests with a bearer token instead of
+	// alice's password.
+	bearer   func(token string) bool
 	requests map[string]*atomic.Int64 // by kind: session, api, download, and each method name
 }
 
@@ -88,7 +91,13 @@ func (f *fakeJMAP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kind = "download"
 	}
 	f.requests[kind].Add(1)
-	if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "alice-pw" {
+	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && f.bearer != nil {
+		if !f.bearer(tok) {
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+	} else if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "alice-pw" {
 		w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
 		http.Error(w, "no", http.StatusUnauthorized)
 		return

@@ -30,7 +30,7 @@ func (m *Mailbox) download(ctx context.Context, blobID string, msg backends.Mess
 	rctx, cancel := context.WithCancel(ctx)
 	r := &msgReader{b: m.b, blobID: blobID, cancel: cancel, timeout: m.b.cfg.CommandTimeout, lines: bodyLines, left: bodyLines, want: msg.Size}
 	r.timer = time.AfterFunc(r.timeout, r.expire)
-	resp, err := m.b.do(rctx, "download", true, func() (*http.Request, error) {
+	resp, err := m.b.do(rctx, "download", true, m.cred, func() (*http.Request, error) {
 		req, err := http.NewRequest(http.MethodGet, u, nil)
 		if err != nil {
 			return nil, err

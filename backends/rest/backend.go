@@ -59,6 +59,7 @@ type Backend struct {
 	cache    *lru.Cache[string, *snapEntry] // nil when disabled
 	sizes    *lru.Cache[string, int64]      // maildrop\x00id\x00listed size → octets delivered
 	hits     atomic.Int64                   // logins served from the cache (tests)
+	tokens   backends.Tokens                // OAuth2 tokens of named credentials; nil: none configured
 }
 
 // snapEntry is one maildrop's last listing and its state. Never modified
@@ -284,18 +285,73 @@ func drain(r io.Reader) {
 // b64token is RFC 6750 §2.1's b64token.
 var b64token = regexp.MustCompile(`^[A-Za-z0-9._~+/-]+=*$`)
 
-// Login creates a store session for c (POST {url}/sessions).
+// SetTokens gives the backend the OAuth2 tokens of named credentials
+// (Credentials.Credential). Call it before the first Login.
+func (b *Backend) SetTokens(t backends.Tokens) { b.tokens = t }
+
+// Login creates a store session for c (POST {url}/sessions). With a
+// bearer token (c.Token, or the access token of c.Credential) the call
+// carries `Authorization: Bearer TOKEN` and an empty password; when the
+// store answers 401 to a credential's token, the token is reported
+// invalid, a new one obtained and the call sent once more.
 func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
+	if c.Credential == "" {
+		return b.login(ctx, c, c.Token)
+	}
+	log := b.log.With().Str("user", c.Username).Str("credential", c.Credential).Logger()
+	if b.tokens == nil {
+		err := fmt.Errorf("credential %s: no OAuth2 credentials configured", c.Credential)
+		log.Error().Err(err).Msg("store login failed")
+		return nil, backends.ErrUnavailable.Wrap(err)
+	}
+	tok, err := b.tokens.AccessToken(ctx, c.Credential)
+	if err != nil {
+		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
+		return nil, backends.ErrUnavailable.Wrap(err)
+	}
+	mb, err := b.login(ctx, c, tok)
+	var ce *callError
+	if err == nil || !errors.As(err, &ce) || ce.status != http.StatusUnauthorized {
+		return mb, err
+	}
+	// RFC 6750 §3.1 invalid_token: refresh once, retry once.
+	b.tokens.Invalidate(c.Credential, tok)
+	tok2, err := b.tokens.AccessToken(ctx, c.Credential)
+	if err != nil {
+		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
+		return nil, backends.ErrUnavailable.Wrap(err)
+	}
+	log.Info().Msg("upstream rejected the OAuth2 token: retrying once with a new one")
+	return b.login(ctx, c, tok2)
+}
+
+// bearerMechanism is the mechanism named in POST /sessions for a bearer
+// login: the client's own (XOAUTH2, OAUTHBEARER), else OAUTHBEARER
+// (RFC 7628) for a token popgate holds.
+func bearerMechanism(c backends.Credentials) string {
+	if c.Token != "" && c.Credential == "" && (c.Mechanism == "XOAUTH2" || c.Mechanism == "OAUTHBEARER") {
+		return c.Mechanism
+	}
+	return "OAUTHBEARER"
+}
+
+// login is one POST /sessions; token, when set, is sent as a bearer token
+// instead of the password.
+func (b *Backend) login(ctx context.Context, c backends.Credentials, token string) (backends.Mailbox, error) {
 	log := b.log.With().Str("user", c.Username).Logger()
 	remote := ""
 	if c.RemoteAddr != nil {
 		remote = c.RemoteAddr.String()
 	}
+	pass, mech := c.Password, c.Mechanism
+	if token != "" {
+		pass, mech = "", bearerMechanism(c)
+	}
 	body, _ := json.Marshal(map[string]any{
-		"user": c.Username, "password": c.Password, "mechanism": c.Mechanism,
+		"user": c.Username, "password": pass, "mechanism": mech,
 		"remote_addr": remote, "tls": c.TLS,
 	})
-	res, err := b.do(ctx, call{method: http.MethodPost, path: "/sessions", body: body})
+	res, err := b.do(ctx, call{method: http.MethodPost, path: "/sessions", body: body, token: token})
 	if err != nil {
 		log.Warn().Err(err).Msg("store login failed")
 		return nil, backends.ErrUnavailable.Wrap(err)

@@ -116,7 +116,14 @@ func (c *Config) Summary() string {
 func (c *Config) Build(env backends.Env) (backends.Backend, error) {
 	cfg := *c
 	cfg.Name = env.Name
-	return New(cfg, env.Log)
+	b, err := New(cfg, env.Log)
+	if err != nil {
+		return nil, err
+	}
+	if env.Tokens != nil {
+		b.SetTokens(env.Tokens)
+	}
+	return b, nil
 }
 
 // loopback reports whether host names the local machine.

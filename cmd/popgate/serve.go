@@ -82,7 +82,7 @@ func serve(path string, stderr io.Writer, stop <-chan struct{}) int {
 		fmt.Fprintf(stderr, "popgate: %s: %v\n", path, err)
 		return exitUsage
 	}
-	d := &daemon{path: path, logs: logs, log: log, scale: sc, state: throttle.NewMemory(0)}
+	d := &daemon{path: path, logs: logs, log: log, scale: sc, state: loginState(sc)}
 	rt, err := d.build(cfg, log, nil)
 	if err != nil {
 		closeAll()
@@ -118,7 +118,9 @@ type daemon struct {
 	logs *logSwitch     // level and format of every logger
 	log  zerolog.Logger // writes through logs
 	srv  *proxy.Server
-	// state holds failure counts and last logins across reloads.
+	// state holds failure counts and last logins across reloads: in
+	// Redis with a cluster section (every node sees the same), else in
+	// the process (loginState).
 	state throttle.Store
 	// scale (metrics, admin, cluster) is built once at start; nil in
 	// tests that build a daemon directly.
@@ -283,7 +285,7 @@ func (d *daemon) build(cfg *config.Config, log zerolog.Logger, prev *setup) (*se
 	}
 	// Every login passes the gate: failure delays, device accounts or the
 	// hook, LOGIN-DELAY; only then the router and the upstream.
-	gate := newGate(cfg, log, rt.ident, router, d.state)
+	gate := newGate(cfg, log, rt.ident, router, d.state, d.observer())
 	a, s := cfg.Auth, cfg.Session
 	rt.options = proxy.Options{
 		Backend:          gate,

@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/internal/lock"
+	"github.com/popgate/popgate/internal/throttle"
 )
 
 // Options are the cluster section's values.
@@ -125,12 +127,17 @@ func (c *Cluster) Close() error { return c.client.Close() }
 
 // Store keeps the login state of the failure penalty and LOGIN-DELAY
 // (RFC 2449 §8.1.2) in Redis, each key with its own expiry, so that every
-// node sees the same counts. It has the methods of the identity issue's
-// throttle.Store; each is one Redis round trip.
+// node sees the same counts. It is a throttle.Store (and a
+// throttle.MultiReader); each method is one Redis round trip.
 type Store struct {
 	c      redis.UniversalClient
 	prefix string
 }
+
+var (
+	_ throttle.Store       = (*Store)(nil)
+	_ throttle.MultiReader = (*Store)(nil)
+)
 
 // Failures returns the failure count under key (0 when absent). GET.
 func (s *Store) Failures(ctx context.Context, key string) (int, error) {
@@ -139,6 +146,35 @@ func (s *Store) Failures(ctx context.Context, key string) (int, error) {
 		return 0, nil
 	}
 	return n, err
+}
+
+// FailuresOf returns the failure counts under keys (0 when absent) in one
+// round trip: MGET. It makes Store a throttle.MultiReader.
+func (s *Store) FailuresOf(ctx context.Context, keys ...string) ([]int, error) {
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		ks[i] = s.prefix + k
+	}
+	vs, err := s.c.MGet(ctx, ks...).Result()
+	if err != nil {
+		return nil, err
+	}
+	ns := make([]int, len(keys))
+	for i, v := range vs {
+		if v == nil {
+			continue
+		}
+		str, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("failure count %q: unexpected value", keys[i])
+		}
+		n, err := strconv.Atoi(str)
+		if err != nil {
+			return nil, fmt.Errorf("failure count %q: %v", keys[i], err)
+		}
+		ns[i] = n
+	}
+	return ns, nil
 }
 
 // addFailure increments and sets the expiry in one script (one round trip,

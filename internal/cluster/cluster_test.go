@@ -48,6 +48,10 @@ func TestSharedState(t *testing.T) {
 	if n, err := b.Store().Failures(ctx, "fail:user:bob"); err != nil || n != 0 {
 		t.Fatalf("unknown key: %d %v", n, err)
 	}
+	// One round trip for several counts (MGET), absent keys 0.
+	if ns, err := b.Store().FailuresOf(ctx, "fail:addr:192.0.2.9", "fail:user:alice"); err != nil || len(ns) != 2 || ns[0] != 0 || ns[1] != 3 {
+		t.Fatalf("FailuresOf: %v %v, want [0 3]", ns, err)
+	}
 	if err := b.Store().ClearFailures(ctx, "fail:user:alice"); err != nil {
 		t.Fatal(err)
 	}

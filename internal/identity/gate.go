@@ -39,7 +39,24 @@ type Options struct {
 	// logins to one maildrop, unless the identity has its own.
 	LoginDelay time.Duration
 	Logger     zerolog.Logger
+	// Observer counts the logins the failure penalty delayed and those
+	// LOGIN-DELAY refused (internal/metrics); nil: none.
+	Observer Observer
 }
+
+// Observer receives the throttling events metrics count.
+type Observer interface {
+	// Throttled: a login waited a failure delay before its credentials
+	// were checked (ThrottledFailures), or was refused by LOGIN-DELAY
+	// (ThrottledLoginDelay).
+	Throttled(reason string)
+}
+
+// Reasons passed to Observer.Throttled (popgate_throttled_logins_total).
+const (
+	ThrottledFailures   = "auth_failures"
+	ThrottledLoginDelay = "login_delay"
+)
 
 // Gate is a backends.Backend that decides logins before the upstream sees
 // them (see the package comment). Safe for concurrent use.
@@ -57,6 +74,16 @@ func New(o Options) *Gate {
 	return &Gate{o: o, limiter: &throttle.Limiter{Store: o.Store, Policy: o.Policy}, sleep: throttle.Sleep}
 }
 
+func (g *Gate) throttled(reason string) {
+	if g.o.Observer != nil {
+		g.o.Observer.Throttled(reason)
+	}
+}
+
+// penalty reports whether the failure penalty is on (auth.failure_delay
+// above 0): only then are failures counted.
+func (g *Gate) penalty() bool { return g.o.Policy.Base > 0 }
+
 // LoginDelay is the global minimum time between logins (session.login_delay).
 func (g *Gate) LoginDelay() time.Duration { return g.o.LoginDelay }
 
@@ -67,7 +94,22 @@ func (g *Gate) PerUserLoginDelay() bool { return g.o.Source != nil && g.o.Source
 var (
 	errAccountUpstream = &backends.Error{Code: backends.CodeSysTemp, Text: "the mail store refused this account's upstream login, try again later"}
 	errUnknownBackend  = &backends.Error{Code: backends.CodeSysTemp, Text: backends.ErrUnavailable.Text}
+	// errStateUnavailable: the login state (failure counts, LOGIN-DELAY
+	// claims; Redis with a cluster section) cannot be read or written.
+	// The login is refused rather than let through without its limits.
+	errStateUnavailable = &backends.Error{Code: backends.CodeSysTemp, Text: "login service unavailable, try again later"}
 )
+
+// cutError is the error of a login that ended during its failure delay,
+// before its credentials were checked (command_timeout or shutdown): the
+// client gets [SYS/TEMP]; metrics count the login as "throttled".
+type cutError struct{ err *backends.Error }
+
+func (e cutError) Error() string { return e.err.Error() }
+func (e cutError) Unwrap() error { return e.err }
+
+// LoginResult names the login result for metrics (popgate_logins_total).
+func (cutError) LoginResult() string { return "throttled" }
 
 // ipOf returns the IP of a client address ("" when unknown).
 func ipOf(a net.Addr) string {
@@ -91,14 +133,27 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 	start := time.Now()
 
 	// The delay earlier failures earned, before the password is checked:
-	// a right password waits as long as a wrong one would start to.
-	n, err := g.limiter.Failures(ctx, addr, c.Username)
-	if err != nil {
-		log.Warn().Err(err).Msg("login state unavailable: no failure delay applied")
-	}
-	waited := g.o.Policy.Delay(n)
-	if !g.sleep(ctx, waited) {
-		return nil, backends.ErrUnavailable.Wrap(ctx.Err())
+	// a right password waits as long as a wrong one would start to. With
+	// the penalty off (failure_delay 0) no state is read or written. A
+	// state that cannot be read refuses the login: never a login without
+	// its penalty.
+	var counts throttle.Counts
+	var waited time.Duration
+	if g.penalty() {
+		var err error
+		counts, err = g.limiter.Counts(ctx, addr, c.Username)
+		if err != nil {
+			log.Error().Err(err).Msg("login state unavailable (failure counts): login refused")
+			return nil, errStateUnavailable.Wrap(err)
+		}
+		waited = g.o.Policy.Delay(counts.Max())
+		if waited > 0 {
+			g.throttled(ThrottledFailures)
+			log.Debug().Int("failures", counts.Max()).Dur("delay", waited).Msg("failure delay before the credentials are checked")
+		}
+		if !g.sleep(ctx, waited) {
+			return nil, cutError{backends.ErrUnavailable.Wrap(ctx.Err())}
+		}
 	}
 
 	id, err := g.identify(ctx, c)
@@ -127,9 +182,11 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 		left, err := g.o.Store.ClaimLogin(ctx, key, delay)
 		switch {
 		case err != nil:
-			log.Warn().Err(err).Msg("login state unavailable: LOGIN-DELAY not enforced for this login")
+			log.Error().Err(err).Msg("login state unavailable (LOGIN-DELAY): login refused")
+			return nil, errStateUnavailable.Wrap(err)
 		case left > 0:
 			secs := int((left + time.Second - 1) / time.Second)
+			g.throttled(ThrottledLoginDelay)
 			log.Info().Str("maildrop", key[len("login:"):]).Int("retry_after_s", secs).Msg("login refused: LOGIN-DELAY")
 			return nil, &backends.Error{Code: backends.CodeLoginDelay,
 				Text: "logged in too recently, try again in " + strconv.Itoa(secs) + " seconds"}
@@ -172,8 +229,12 @@ func (g *Gate) Login(ctx context.Context, c backends.Credentials) (backends.Mail
 		}
 		return nil, err
 	}
-	if err := g.limiter.Succeed(ctx, c.Username); err != nil {
-		log.Warn().Err(err).Msg("login state: clearing the failures failed")
+	// A right password clears the user's failures; with none counted
+	// there is nothing to clear (no write per login).
+	if counts.User > 0 {
+		if err := g.limiter.Succeed(ctx, c.Username); err != nil {
+			log.Warn().Err(err).Msg("login state: clearing the failures failed; they expire on their own")
+		}
 	}
 	return &mailbox{Mailbox: mb, id: id.Maildrop, delay: delay}, nil
 }
@@ -217,13 +278,22 @@ func (g *Gate) identify(ctx context.Context, c backends.Credentials) (*Identity,
 // failed records a failure, waits until the answer is due (the delay the
 // new count earns, counted from the start of the attempt, of which waited
 // passed already) and returns the error for -ERR [AUTH] (RFC 3206 §4).
+//
+// A failure that cannot be recorded (the state unreachable) is still
+// answered [AUTH] (the credentials are wrong), after the longest delay
+// (failure_max_delay): the count is unknown, so it is taken as high.
 func (g *Gate) failed(ctx context.Context, log zerolog.Logger, addr, user string, start time.Time, waited time.Duration, rej *Rejected) error {
-	n, err := g.limiter.Fail(context.WithoutCancel(ctx), addr, user)
-	if err != nil {
-		log.Warn().Err(err).Msg("login state unavailable: failure not recorded")
-		n = 1
+	n := 0
+	var due time.Duration
+	if g.penalty() {
+		var err error
+		n, err = g.limiter.Fail(context.WithoutCancel(ctx), addr, user)
+		due = g.o.Policy.Delay(n)
+		if err != nil {
+			due = max(g.o.Policy.Max, g.o.Policy.Base)
+			log.Error().Err(err).Dur("delay", due).Msg("login state unavailable: failure not recorded, the longest failure delay applies")
+		}
 	}
-	due := g.o.Policy.Delay(n)
 	if rej.RetryAfter > 0 && g.o.Policy.Base > 0 {
 		due = max(due, min(rej.RetryAfter, max(g.o.Policy.Max, g.o.Policy.Base)))
 	}

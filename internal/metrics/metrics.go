@@ -25,9 +25,9 @@ const (
 	LoginOK        = "ok"          // TRANSACTION state reached
 	LoginAuth      = "auth"        // wrong credentials or no route (-ERR [AUTH])
 	LoginInUse     = "in_use"      // maildrop locked by another session (-ERR [IN-USE])
-	LoginThrottled = "throttled"   // refused by a failure delay or LOGIN-DELAY ([LOGIN-DELAY] / [AUTH])
-	LoginError     = "error"       // upstream, lock store or snapshot failure (-ERR [SYS/TEMP])
-	LoginTooEarly  = "login_delay" // RFC 2449 LOGIN-DELAY not yet elapsed
+	LoginThrottled = "throttled"   // ended during its failure delay, credentials unchecked (-ERR [SYS/TEMP])
+	LoginError     = "error"       // upstream, lock or login state store, or snapshot failure (-ERR [SYS/TEMP])
+	LoginTooEarly  = "login_delay" // refused: RFC 2449 LOGIN-DELAY not yet elapsed (-ERR [LOGIN-DELAY])
 )
 
 // Operations of popgate_upstream_call_duration_seconds.
@@ -96,7 +96,7 @@ func New(b Build) *Metrics {
 	m.lockLost = prometheus.NewCounter(prometheus.CounterOpts{Namespace: Namespace, Name: "lock_confirm_failures_total",
 		Help: "Commits not done because the maildrop lock could not be confirmed (lease lost or Redis unreachable)."})
 	m.throttled = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "throttled_logins_total",
-		Help: "Logins delayed or refused by the failure penalty or LOGIN-DELAY, by reason."}, []string{"reason"})
+		Help: "Logins delayed by the failure penalty (reason auth_failures) or refused by LOGIN-DELAY (reason login_delay)."}, []string{"reason"})
 	m.tokenRefreshes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "token_refreshes_total",
 		Help: "OAuth token refreshes by result: ok, failed."}, []string{"result"})
 	m.proxyRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "proxy_protocol_refused_total",
@@ -124,6 +124,9 @@ func New(b Build) *Metrics {
 	}
 	for _, r := range []string{"hit", "miss"} {
 		m.snapshotCache.WithLabelValues(r)
+	}
+	for _, r := range []string{"auth_failures", "login_delay"} {
+		m.throttled.WithLabelValues(r)
 	}
 	return m
 }
@@ -197,8 +200,9 @@ func (m *Metrics) Commit(result string, deleted int) {
 	}
 }
 
-// Throttled counts a login delayed or refused by a limit; reason is a small
-// fixed word ("auth_failures", "login_delay").
+// Throttled counts a login delayed by the failure penalty
+// ("auth_failures") or refused by LOGIN-DELAY ("login_delay"): the
+// reasons of identity.Observer.
 func (m *Metrics) Throttled(reason string) {
 	if m == nil {
 		return

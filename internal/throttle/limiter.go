@@ -54,20 +54,53 @@ type Limiter struct {
 func addrKey(addr string) string { return "fail:addr:" + addr }
 func userKey(user string) string { return "fail:user:" + user }
 
+// Counts are the failure counts of one login attempt: of its client
+// address and of its user name.
+type Counts struct{ Addr, User int }
+
+// Max is the larger of the two: the count the delay is computed from.
+func (c Counts) Max() int { return max(c.Addr, c.User) }
+
+// MultiReader is a Store that reads several failure counts in one round
+// trip (Redis: MGET). The Limiter uses it when its Store has it.
+type MultiReader interface {
+	// FailuresOf returns the count under each key, 0 for an absent or
+	// expired one.
+	FailuresOf(ctx context.Context, keys ...string) ([]int, error)
+}
+
+// Counts returns the failure counts of addr and user (either may be "" to
+// leave it out): one Store read per name, or one in all when the Store is
+// a MultiReader. On error the counts are not known.
+func (l *Limiter) Counts(ctx context.Context, addr, user string) (Counts, error) {
+	var c Counts
+	if mr, ok := l.Store.(MultiReader); ok && addr != "" && user != "" {
+		ns, err := mr.FailuresOf(ctx, addrKey(addr), userKey(user))
+		if err != nil {
+			return Counts{}, err
+		}
+		if len(ns) != 2 {
+			return Counts{}, errors.New("throttle: store returned a wrong number of counts")
+		}
+		return Counts{Addr: ns[0], User: ns[1]}, nil
+	}
+	var errs []error
+	if addr != "" {
+		n, err := l.Store.Failures(ctx, addrKey(addr))
+		c.Addr, errs = n, append(errs, err)
+	}
+	if user != "" {
+		n, err := l.Store.Failures(ctx, userKey(user))
+		c.User, errs = n, append(errs, err)
+	}
+	return c, errors.Join(errs...)
+}
+
 // Failures returns the larger of the failure counts of addr and user
 // (either may be "" to leave it out).
 func (l *Limiter) Failures(ctx context.Context, addr, user string) (int, error) {
-	var n int
-	var errs []error
-	if addr != "" {
-		a, err := l.Store.Failures(ctx, addrKey(addr))
-		n, errs = max(n, a), append(errs, err)
-	}
-	if user != "" {
-		u, err := l.Store.Failures(ctx, userKey(user))
-		n, errs = max(n, u), append(errs, err)
-	}
-	return n, errors.Join(errs...)
+	c, err := l.Counts(ctx, addr, user)
+	return c.Max(), err
 }
 
 // Fail records a failure of user from addr and returns the larger of the

@@ -381,7 +381,7 @@ func (ss *session) retrieve(i, lines int) (reply, error) {
 			cancel()
 		}()
 		sentOK.Store(true)
-		body := dotWriter{w: ss.conn.w}
+		body := dotWriter{w: ss.conn.w, out: &ss.conn.out}
 		_, err := body.Write(buf[:n])
 		if err == nil && rerr == nil {
 			if wt, ok := rc.(io.WriterTo); ok && !top {

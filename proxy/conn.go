@@ -334,17 +334,58 @@ type deadlineWriter struct {
 	timeout time.Duration
 	n       int64
 	err     error // first write error; the connection is unusable after it
+
+	holding bool   // hold: Write keeps p instead of writing it
+	held    []byte // what hold took
+}
+
+// hold empties w, whose writer is d, without writing: it returns what w
+// held, valid until w is written to again.
+func (d *deadlineWriter) hold(w *bufio.Writer) ([]byte, error) {
+	if w.Buffered() == 0 {
+		return nil, nil
+	}
+	d.holding = true
+	err := w.Flush()
+	d.holding = false
+	p := d.held
+	d.held = nil
+	return p, err
+}
+
+// writev writes bufs (at most maxWrite octets in all) under one deadline,
+// in one writev on a TCP connection.
+func (d *deadlineWriter) writev(bufs [][]byte) error {
+	if d.err != nil {
+		return d.err
+	}
+	if err := d.c.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
+		d.err = err
+		return err
+	}
+	nb := net.Buffers(bufs)
+	n, err := nb.WriteTo(d.c)
+	d.n += n
+	if err != nil {
+		d.err = err
+	}
+	return err
 }
 
 // maxWrite is the most written to the connection under one deadline, so
 // that a large write (a span of a message written straight from the
 // backend's buffer) still fails only when the client makes no progress for
-// the write timeout.
+// the write timeout. (dotWriter's writev adds what the write buffer held
+// and the run's tail: at most 96 KiB under one deadline.)
 const maxWrite = 64 * 1024
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	if d.err != nil {
 		return 0, d.err
+	}
+	if d.holding {
+		d.held = p
+		return len(p), nil
 	}
 	total := 0
 	for len(p) > 0 {

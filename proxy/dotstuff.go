@@ -16,6 +16,13 @@ type dotWriter struct {
 	midLn  bool  // some octets of the current line were written
 	prevCR bool  // the last octet written was CR
 	n      int64 // octets received, before stuffing
+
+	// With out set (the connection's writer under w), a run longer than
+	// w has room for goes out in one writev with what w holds (the +OK
+	// line, stuffed lines), instead of a copy filling w, a flush and a
+	// direct write.
+	out  *deadlineWriter
+	bufs [2][]byte
 }
 
 func (d *dotWriter) Write(p []byte) (int, error) {
@@ -48,15 +55,59 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		d.midLn, d.prevCR = false, false
 		i = lf + 1
 	}
-	if _, err := d.w.Write(p[run:]); err != nil {
+	if err := d.writeRun(p[run:]); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
+// writeRun writes a run of octets that need no stuffing (see out). A run
+// longer than w has room for goes out with what w holds in writevs of at
+// most maxWrite + 2 × w's size octets, but for its last w-full (less room
+// for the terminator), which is copied into w: it goes out with the next
+// run, or with the terminator.
+func (d *dotWriter) writeRun(run []byte) error {
+	if d.out == nil || len(run) <= d.w.Available() {
+		_, err := d.w.Write(run)
+		return err
+	}
+	// Take what w holds without a write (held aliases w's buffer, which
+	// nothing touches before the writev).
+	held, err := d.out.hold(d.w)
+	if err != nil {
+		return err
+	}
+	keep := d.w.Size() - 64 // room for the terminator after the kept octets
+	for {
+		n := len(run) - keep
+		if n <= 0 {
+			if len(held) == 0 {
+				break
+			}
+			n = len(run) // what w held goes out now, with the whole run
+		}
+		if n > maxWrite+keep {
+			n = maxWrite
+		}
+		k := 0
+		if len(held) > 0 {
+			d.bufs[k], k = held, k+1
+		}
+		d.bufs[k], k = run[:n], k+1
+		run, held = run[n:], nil
+		err := d.out.writev(d.bufs[:k])
+		clear(d.bufs[:])
+		if err != nil {
+			return err
+		}
+	}
+	_, err = d.w.Write(run)
+	return err
+}
+
 // put writes b, then s.
 func (d *dotWriter) put(b []byte, s string) error {
-	if _, err := d.w.Write(b); err != nil {
+	if err := d.writeRun(b); err != nil {
 		return err
 	}
 	_, err := d.w.WriteString(s)

@@ -4,6 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -171,6 +174,79 @@ func TestDotWriterChunks(t *testing.T) {
 			if d.n != int64(len(tc.raw)) {
 				t.Fatalf("%s: counted %d octets, want %d", tc.name, d.n, len(tc.raw))
 			}
+		}
+	}
+}
+
+// TestDotWriterWritev sends large messages through the stuffer with the
+// connection's writer under it (runs longer than the buffer go out in one
+// writev with what it holds) over loopback TCP, in pieces of many sizes,
+// and checks the octets against the plain buffered path.
+func TestDotWriterWritev(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	for round := 0; round < 20; round++ {
+		var raw []byte
+		for len(raw) < 50+rng.IntN(400<<10) {
+			switch rng.IntN(12) {
+			case 0:
+				raw = append(raw, '.')
+			case 1:
+				raw = append(raw, '\n')
+			case 2, 3:
+				raw = append(raw, '\r', '\n')
+			default:
+				raw = append(raw, bytes.Repeat([]byte{'a' + byte(rng.IntN(26))}, rng.IntN(2000))...)
+			}
+		}
+		var wantBuf bytes.Buffer
+		bw := bufio.NewWriter(&wantBuf)
+		ref := dotWriter{w: bw}
+		ref.Write(raw)
+		ref.Close()
+		bw.Flush()
+
+		got := make(chan []byte, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				got <- nil
+				return
+			}
+			defer c.Close()
+			b, _ := io.ReadAll(c)
+			got <- b
+		}()
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := &deadlineWriter{c: nc, timeout: ioTimeout}
+		w := bufio.NewWriterSize(out, writeBufSize)
+		w.WriteString("+OK\r\n")
+		d := dotWriter{w: w, out: out}
+		for p := raw; len(p) > 0; {
+			n := min(len(p), 1+rng.IntN(200<<10))
+			if k, err := d.Write(p[:n]); err != nil || k != n {
+				t.Fatalf("write: %d, %v", k, err)
+			}
+			p = p[n:]
+		}
+		d.Close()
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		nc.Close()
+		want := "+OK\r\n" + wantBuf.String()
+		if b := <-got; string(b) != want {
+			t.Fatalf("round %d: %d octets on the wire, want %d", round, len(b), len(want))
+		}
+		if out.n != int64(len(want)) {
+			t.Fatalf("round %d: counted %d octets, want %d", round, out.n, len(want))
 		}
 	}
 }

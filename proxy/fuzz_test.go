@@ -77,6 +77,8 @@ func runFuzz(t *testing.T, e *env, prefix string, in []byte) {
 	eventually(t, "mailbox closed and lock free", func() bool {
 		return be.OpenMailboxes() == 0 && !e.locker.Held(aliceKey)
 	})
+	// Every long SASL line's buffer is given back (auth.max_sasl_buffers).
+	eventually(t, "SASL line buffers released", func() bool { return e.srv.saslBufs.used.Load() == 0 })
 	if len(be.Commits()) > 0 && !bytes.Contains(bytes.ToUpper(in), []byte("QUIT")) {
 		t.Fatalf("committed without QUIT: %q", in)
 	}

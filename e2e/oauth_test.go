@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/popgate/popgate/internal/testserver/dovecot"
 	"github.com/popgate/popgate/internal/testserver/idp"
+	"github.com/popgate/popgate/internal/testserver/redis"
 	"github.com/popgate/popgate/internal/testutil"
 )
 
@@ -140,6 +142,13 @@ func readOne(t *testing.T, p *testutil.POP3, mailbox string) {
 func TestOAuthDeviceAccount(t *testing.T) {
 	w := newOAuthWorld(t)
 	dir := t.TempDir()
+	w.deviceGateway(t, dir, "")
+}
+
+// deviceGateway runs the device-account test against a gateway with
+// extra configuration appended.
+func (w *oauthWorld) deviceGateway(t *testing.T, dir, extra string) {
+	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)
 	keyText := base64.StdEncoding.EncodeToString(key)
@@ -174,7 +183,7 @@ token_store:
   key_file: %s
 accounts: {file: %s}
 admin: {address: "%s"}
-`, w.idp.TokenURL, filepath.Join(dir, "state", "tokens"), filepath.Join(dir, "token.key"), filepath.Join(dir, "accounts.yaml"), admin))
+`, w.idp.TokenURL, filepath.Join(dir, "state", "tokens"), filepath.Join(dir, "token.key"), filepath.Join(dir, "accounts.yaml"), admin)+extra)
 
 	// check-config first (the same file serve reads).
 	writeFile(t, filepath.Join(dir, "popgate.yaml"), conf, 0o600)
@@ -191,10 +200,10 @@ admin: {address: "%s"}
 		p.Login(c.device, devicePw)
 		readOne(t, p, appMailbox)
 	}
-	if !strings.Contains(w.dx.Log(), "method=XOAUTH2") || strings.Contains(w.dx.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.dx, "method=XOAUTH2") || strings.Contains(w.dx.Log(), "method=OAUTHBEARER") {
 		t.Errorf("the XOAUTH2-only Dovecot did not see an XOAUTH2 login:\n%s", w.dx.Log())
 	}
-	if !strings.Contains(w.do.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.do, "method=OAUTHBEARER") {
 		t.Errorf("the OAUTHBEARER-only Dovecot did not see an OAUTHBEARER login:\n%s", w.do.Log())
 	}
 	if n := w.idp.Requests(idp.GrantClientCredentials); n != 1 {
@@ -227,6 +236,21 @@ admin: {address: "%s"}
 		t.Fatalf("oauth status: %v\n%s", err, out)
 	}
 	w.grep(t)
+}
+
+// dovecotSaw waits (up to 30 s: Dovecot's log process writes a moment
+// after the login) for want in dv's log.
+func dovecotSaw(dv *dovecot.Server, want string) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if strings.Contains(dv.Log(), want) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func grepLines(s, word string) string {
@@ -270,7 +294,7 @@ func TestOAuthClientTokenAndHookToken(t *testing.T) {
 	p.ExpectPrefix("+OK")
 	p.OK("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+janeMailbox+"\x01auth=Bearer "+tok+"\x01\x01")))
 	readOne(t, p, janeMailbox)
-	if !strings.Contains(w.dx.Log(), "method=XOAUTH2") {
+	if !dovecotSaw(w.dx, "method=XOAUTH2") {
 		t.Errorf("Dovecot saw no XOAUTH2 login:\n%s", w.dx.Log())
 	}
 	bad := "Not-A-Valid-Token-77"
@@ -302,8 +326,47 @@ func TestOAuthClientTokenAndHookToken(t *testing.T) {
 	p.ExpectPrefix("+OK")
 	p.Login("hookdev", hookDevicePw)
 	readOne(t, p, janeMailbox)
-	if !strings.Contains(w.do.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.do, "method=OAUTHBEARER") {
 		t.Errorf("Dovecot saw no OAUTHBEARER login for the hook's token:\n%s", w.do.Log())
 	}
 	w.grep(t)
+}
+
+// With cluster, the binary takes the credential's refresh lock in Redis
+// before it asks the token endpoint: while the key is held (as another
+// node would hold it) a device login waits and no token request goes
+// out; once it is free the login goes through with one request.
+func TestOAuthClusterRefreshLock(t *testing.T) {
+	w := newOAuthWorld(t)
+	rs := redis.Start(t, redis.Options{})
+	rc := goredis.NewClient(&goredis.Options{Addr: rs.Addr(), DisableIdentity: true})
+	t.Cleanup(func() { rc.Close() })
+	const key = "popgate-e2e:oauth:lock:m365-app"
+	if err := rc.Set(t.Context(), key, "another-node", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// deviceGateway logs in and expects +OK: run it while the key is
+	// held, and free the key once popgate is seen waiting.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		deadline := time.Now().Add(60 * time.Second)
+		for time.Now().Before(deadline) {
+			// The gateway is up; the first login follows at once.
+			if b, err := os.ReadFile(filepath.Join(dir, "popgate.log")); err == nil && strings.Contains(string(b), `"message":"listening"`) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Give the login time to reach the lock (the refresh waits up to
+		// 45 s for it; the client's read timeout is longer).
+		time.Sleep(3 * time.Second)
+		if n := w.idp.Requests(idp.GrantClientCredentials); n != 0 {
+			t.Errorf("%d token requests while another node held the refresh lock", n)
+		}
+		rc.Del(t.Context(), key)
+	}()
+	w.deviceGateway(t, dir, fmt.Sprintf("cluster: {redis: {address: %q, key_prefix: \"popgate-e2e:\"}}\n", rs.Addr()))
+	<-done
 }

@@ -200,10 +200,10 @@ admin: {address: "%s"}
 		p.Login(c.device, devicePw)
 		readOne(t, p, appMailbox)
 	}
-	if !strings.Contains(w.dx.Log(), "method=XOAUTH2") || strings.Contains(w.dx.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.dx, "method=XOAUTH2") || strings.Contains(w.dx.Log(), "method=OAUTHBEARER") {
 		t.Errorf("the XOAUTH2-only Dovecot did not see an XOAUTH2 login:\n%s", w.dx.Log())
 	}
-	if !strings.Contains(w.do.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.do, "method=OAUTHBEARER") {
 		t.Errorf("the OAUTHBEARER-only Dovecot did not see an OAUTHBEARER login:\n%s", w.do.Log())
 	}
 	if n := w.idp.Requests(idp.GrantClientCredentials); n != 1 {
@@ -236,6 +236,21 @@ admin: {address: "%s"}
 		t.Fatalf("oauth status: %v\n%s", err, out)
 	}
 	w.grep(t)
+}
+
+// dovecotSaw waits (up to 30 s: Dovecot's log process writes a moment
+// after the login) for want in dv's log.
+func dovecotSaw(dv *dovecot.Server, want string) bool {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if strings.Contains(dv.Log(), want) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func grepLines(s, word string) string {
@@ -279,7 +294,7 @@ func TestOAuthClientTokenAndHookToken(t *testing.T) {
 	p.ExpectPrefix("+OK")
 	p.OK("AUTH XOAUTH2 " + base64.StdEncoding.EncodeToString([]byte("user="+janeMailbox+"\x01auth=Bearer "+tok+"\x01\x01")))
 	readOne(t, p, janeMailbox)
-	if !strings.Contains(w.dx.Log(), "method=XOAUTH2") {
+	if !dovecotSaw(w.dx, "method=XOAUTH2") {
 		t.Errorf("Dovecot saw no XOAUTH2 login:\n%s", w.dx.Log())
 	}
 	bad := "Not-A-Valid-Token-77"
@@ -311,7 +326,7 @@ func TestOAuthClientTokenAndHookToken(t *testing.T) {
 	p.ExpectPrefix("+OK")
 	p.Login("hookdev", hookDevicePw)
 	readOne(t, p, janeMailbox)
-	if !strings.Contains(w.do.Log(), "method=OAUTHBEARER") {
+	if !dovecotSaw(w.do, "method=OAUTHBEARER") {
 		t.Errorf("Dovecot saw no OAUTHBEARER login for the hook's token:\n%s", w.do.Log())
 	}
 	w.grep(t)

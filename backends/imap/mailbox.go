@@ -349,6 +349,8 @@ func (m *Mailbox) Commit(ctx context.Context, deleted []backends.Message) error 
 	if m.reader != nil {
 		m.reader.Close()
 	}
+	m.dropAhead() // nothing fetched ahead is in flight when the \Seen STORE is sent
+	m.next = nil
 	if len(deleted) == 0 || m.b.cfg.Delete.Policy == backends.PolicyKeep {
 		if len(deleted) > 0 {
 			m.log.Debug().Int("messages", len(deleted)).Msg("delete policy keep: nothing changed upstream")

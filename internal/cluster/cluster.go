@@ -128,7 +128,8 @@ func (c *Cluster) Close() error { return c.client.Close() }
 // Store keeps the login state of the failure penalty and LOGIN-DELAY
 // (RFC 2449 §8.1.2) in Redis, each key with its own expiry, so that every
 // node sees the same counts. It is a throttle.Store (and a
-// throttle.MultiReader); each method is one Redis round trip.
+// throttle.MultiReader and MultiAdder); each method is one Redis round
+// trip.
 type Store struct {
 	c      redis.UniversalClient
 	prefix string
@@ -137,6 +138,7 @@ type Store struct {
 var (
 	_ throttle.Store       = (*Store)(nil)
 	_ throttle.MultiReader = (*Store)(nil)
+	_ throttle.MultiAdder  = (*Store)(nil)
 )
 
 // Failures returns the failure count under key (0 when absent). GET.
@@ -188,6 +190,34 @@ return n`)
 // returns the new count. INCR + PEXPIRE in one script.
 func (s *Store) AddFailure(ctx context.Context, key string, ttl time.Duration) (int, error) {
 	return addFailure.Run(ctx, s.c, []string{s.prefix + key}, ttl.Milliseconds()).Int()
+}
+
+// addFailures is addFailure for every key, in one script.
+var addFailures = redis.NewScript(`
+local r = {}
+for i, k in ipairs(KEYS) do
+  r[i] = redis.call('INCR', k)
+  redis.call('PEXPIRE', k, ARGV[1])
+end
+return r`)
+
+// AddFailuresOf adds one failure under each key, expiring ttl from now,
+// and returns the new counts, in one round trip (one script). It makes
+// Store a throttle.MultiAdder.
+func (s *Store) AddFailuresOf(ctx context.Context, ttl time.Duration, keys ...string) ([]int, error) {
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		ks[i] = s.prefix + k
+	}
+	vs, err := addFailures.Run(ctx, s.c, ks, ttl.Milliseconds()).Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	ns := make([]int, len(vs))
+	for i, v := range vs {
+		ns[i] = int(v)
+	}
+	return ns, nil
 }
 
 // ClearFailures forgets the failures under key. DEL.

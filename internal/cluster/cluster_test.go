@@ -48,6 +48,13 @@ func TestSharedState(t *testing.T) {
 	if n, err := b.Store().Failures(ctx, "fail:user:bob"); err != nil || n != 0 {
 		t.Fatalf("unknown key: %d %v", n, err)
 	}
+	// Several failures in one script, each key with its expiry.
+	if ns, err := a.Store().AddFailuresOf(ctx, time.Minute, "fail:addr:192.0.2.8", "fail:user:carol"); err != nil || len(ns) != 2 || ns[0] != 1 || ns[1] != 1 {
+		t.Fatalf("AddFailuresOf: %v %v, want [1 1]", ns, err)
+	}
+	if ns, err := b.Store().AddFailuresOf(ctx, time.Minute, "fail:addr:192.0.2.8", "fail:user:carol"); err != nil || len(ns) != 2 || ns[0] != 2 || ns[1] != 2 {
+		t.Fatalf("AddFailuresOf on the other node: %v %v, want [2 2]", ns, err)
+	}
 	// One round trip for several counts (MGET), absent keys 0.
 	if ns, err := b.Store().FailuresOf(ctx, "fail:addr:192.0.2.9", "fail:user:alice"); err != nil || len(ns) != 2 || ns[0] != 0 || ns[1] != 3 {
 		t.Fatalf("FailuresOf: %v %v, want [0 3]", ns, err)
@@ -91,13 +98,16 @@ func TestFailuresExpire(t *testing.T) {
 	if _, err := a.Store().AddFailure(ctx, "fail:addr:192.0.2.1", 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := a.Store().AddFailuresOf(ctx, 100*time.Millisecond, "fail:addr:192.0.2.2", "fail:user:dave"); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		n, err := a.Store().Failures(ctx, "fail:addr:192.0.2.1")
+		ns, err := a.Store().FailuresOf(ctx, "fail:addr:192.0.2.1", "fail:addr:192.0.2.2", "fail:user:dave")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n == 0 {
+		if ns[0] == 0 && ns[1] == 0 && ns[2] == 0 {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -69,6 +69,15 @@ type MultiReader interface {
 	FailuresOf(ctx context.Context, keys ...string) ([]int, error)
 }
 
+// MultiAdder is a Store that adds a failure under several keys in one
+// round trip (Redis: one script of INCR and PEXPIRE per key). The Limiter
+// uses it when its Store has it.
+type MultiAdder interface {
+	// AddFailuresOf adds one failure under each key, makes each expire
+	// ttl from now, and returns the new counts.
+	AddFailuresOf(ctx context.Context, ttl time.Duration, keys ...string) ([]int, error)
+}
+
 // Counts returns the failure counts of addr and user (either may be "" to
 // leave it out): one Store read per name, or one in all when the Store is
 // a MultiReader. On error the counts are not known.
@@ -109,6 +118,16 @@ func (l *Limiter) Fail(ctx context.Context, addr, user string) (int, error) {
 	var n int
 	var errs []error
 	q := l.Policy.quiet()
+	if ma, ok := l.Store.(MultiAdder); ok && addr != "" && user != "" {
+		ns, err := ma.AddFailuresOf(ctx, q, addrKey(addr), userKey(user))
+		if err != nil {
+			return 0, err
+		}
+		if len(ns) != 2 {
+			return 0, errors.New("throttle: store returned a wrong number of counts")
+		}
+		return max(ns[0], ns[1]), nil
+	}
 	if addr != "" {
 		a, err := l.Store.AddFailure(ctx, addrKey(addr), q)
 		n, errs = max(n, a), append(errs, err)

@@ -532,26 +532,28 @@ row() { # row LABEL FILE-PREFIX ARRAY TARGET-TEXT
 {
 	echo
 	echo "popgate comparison ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, loopback, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; $MSGS messages of $MIN_SIZE..$MAX_SIZE octets; $CONC concurrent clients; median of $ROUNDS interleaved round(s), per-round ratios in brackets; popgate-reuse: reuse: {max: $REUSE_MAX})"
-	echo
-	head="| measure |" sep="|---|"
-	for t in "${TARGETS[@]}"; do head+=" ${NAME[$t]} |"; sep+="---|"; done
-	if has_t dovecot-pop3; then
-		has_t popgate && { head+=" popgate/POP3 |"; sep+="---|"; }
-		has_t popgate-reuse && { head+=" popgate-reuse/POP3 |"; sep+="---|"; }
-	fi
-	has_t dovecot-imapc && has_t popgate && { head+=" popgate/imapc |"; sep+="---|"; }
-	echo "$head target (issues 3, 15) |"
-	echo "$sep---|"
-	has login && row "login sessions/s, $MSGS-msg maildrops, $CONC clients" login LOGIN "popgate/POP3 >= 1.0x; popgate/imapc >= 1.5x"
-	has login-small && row "login sessions/s, $SMALL-msg maildrops" logins LOGINS "-"
-	has retr && row "retrieval MB/s, $CONC clients" retr RETR "popgate/POP3 >= 0.8x every round (aim 1.0x); popgate/imapc >= 1.5x"
-	has retr1 && row "retrieval MB/s, 1 client" retr1 RETR1 "popgate/POP3 >= 0.8x every round (aim 1.0x)"
-	has big && row "$BIG_MB MB message MB/s, 1 client" big BIG "popgate/POP3 >= 1.0x"
-	if has poll; then
-		row "polling sessions/s ($POLL_USERS maildrops, $POLL_CONC clients, interval $POLL_INTERVAL, $FEED_RATE new msgs/s)" poll POLL "popgate-reuse/POP3 >= 1.5x"
-		row "polling session p50 ms (lower is better)" pollp50 POLLP50 "-"
-		row "polling session p99 ms (lower is better)" pollp99 POLLP99 "-"
-		row "new messages retrieved per polling run" pollmsgs POLLMSGS "-"
+	if has login || has login-small || has retr || has retr1 || has big || has poll; then
+		echo
+		head="| measure |" sep="|---|"
+		for t in "${TARGETS[@]}"; do head+=" ${NAME[$t]} |"; sep+="---|"; done
+		if has_t dovecot-pop3; then
+			has_t popgate && { head+=" popgate/POP3 |"; sep+="---|"; }
+			has_t popgate-reuse && { head+=" popgate-reuse/POP3 |"; sep+="---|"; }
+		fi
+		has_t dovecot-imapc && has_t popgate && { head+=" popgate/imapc |"; sep+="---|"; }
+		echo "$head target (issues 3, 15) |"
+		echo "$sep---|"
+		has login && row "login sessions/s, $MSGS-msg maildrops, $CONC clients" login LOGIN "popgate/POP3 >= 1.0x; popgate/imapc >= 1.5x"
+		has login-small && row "login sessions/s, $SMALL-msg maildrops" logins LOGINS "-"
+		has retr && row "retrieval MB/s, $CONC clients" retr RETR "popgate/POP3 >= 0.8x every round (aim 1.0x); popgate/imapc >= 1.5x"
+		has retr1 && row "retrieval MB/s, 1 client" retr1 RETR1 "popgate/POP3 >= 0.8x every round (aim 1.0x)"
+		has big && row "$BIG_MB MB message MB/s, 1 client" big BIG "popgate/POP3 >= 1.0x"
+		if has poll; then
+			row "polling sessions/s ($POLL_USERS maildrops, $POLL_CONC clients, interval $POLL_INTERVAL, $FEED_RATE new msgs/s)" poll POLL "popgate-reuse/POP3 >= 1.5x"
+			row "polling session p50 ms (lower is better)" pollp50 POLLP50 "-"
+			row "polling session p99 ms (lower is better)" pollp99 POLLP99 "-"
+			row "new messages retrieved per polling run" pollmsgs POLLMSGS "-"
+		fi
 	fi
 	if has bigrss; then
 		echo

@@ -338,6 +338,7 @@ type phaseRelay struct {
 	seen   int
 	fire   func()
 	fired  chan struct{}
+	conns  map[net.Conn]struct{} // open connections toward target
 }
 
 func newPhaseRelay(t *testing.T, target string) *phaseRelay {
@@ -345,9 +346,17 @@ func newPhaseRelay(t *testing.T, target string) *phaseRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &phaseRelay{ln: ln, target: target, fired: make(chan struct{})}
+	r := &phaseRelay{ln: ln, target: target, fired: make(chan struct{}), conns: map[net.Conn]struct{}{}}
 	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	t.Cleanup(func() {
+		ln.Close()
+		r.mu.Lock()
+		for u := range r.conns {
+			u.Close()
+		}
+		r.mu.Unlock()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -403,23 +412,49 @@ func (r *phaseRelay) check(tail, chunk []byte) *deferredFire {
 	return &deferredFire{fire: func() { fire(); close(r.fired) }, after: r.after}
 }
 
+// relayDrain bounds how long a relay goes on reading from its target
+// after its client closed.
+const relayDrain = time.Minute
+
+// relay forwards one connection. When the client (popgate) closes its end
+// with an answer still on the way (TOP over HTTP stops reading the blob
+// and closes), the relay goes on reading from the target and discards
+// it, until the target closes, relayDrain passes or the test ends: in
+// front of Toxiproxy this keeps Toxiproxy's writer alive, as Toxiproxy
+// 2.5.0 deadlocks when a toxic is removed while a link's writer has
+// failed with data still in its toxic chain (Shopify/toxiproxy#412, #558:
+// the DELETE answers 503 after 25 s and the proxy stays locked).
 func (r *phaseRelay) relay(c net.Conn) {
 	defer c.Close()
 	u, err := net.Dial("tcp", r.target)
 	if err != nil {
 		return
 	}
-	defer u.Close()
+	r.mu.Lock()
+	r.conns[u] = struct{}{}
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.conns, u)
+		r.mu.Unlock()
+		u.Close()
+	}()
 	var pending atomic.Pointer[deferredFire]
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		defer c.Close()
 		buf := make([]byte, 16<<10)
 		var got int64
+		clientGone := false
 		for {
 			n, err := u.Read(buf)
 			if n > 0 {
-				if _, werr := c.Write(buf[:n]); werr != nil {
-					return
+				if !clientGone {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						clientGone = true
+						u.SetReadDeadline(time.Now().Add(relayDrain))
+					}
 				}
 				if p := pending.Load(); p != nil {
 					if got += int64(n); got >= p.after {
@@ -455,6 +490,8 @@ func (r *phaseRelay) relay(c net.Conn) {
 		}
 		if err != nil {
 			u.(*net.TCPConn).CloseWrite()
+			u.SetReadDeadline(time.Now().Add(relayDrain))
+			<-drained
 			return
 		}
 	}
@@ -748,7 +785,8 @@ func (dovecotFaults) states(t *testing.T, user string, msgs [][]byte) []string {
 }
 
 // runFaultMatrix runs st's cases, popgate → relay → Toxiproxy → target
-// (up's server), or with relayBehind popgate → Toxiproxy → relay → target,
+// (up's server), or with relayBehind popgate → draining relay → Toxiproxy
+// → relay → target,
 // several at a time; the bystanders use Dovecot. Behind Toxiproxy, a relay
 // that stops reading an answer (faultPhase.after) holds back everything
 // after that point until the toxic is in place; in front of it, what
@@ -776,11 +814,14 @@ func runFaultMatrix(t *testing.T, st *faultStore, up faultUpstream, target strin
 		if err != nil {
 			t.Fatal(err)
 		}
-		upAddr := px.Listen
+		// popgate always reaches Toxiproxy through a relay: the phase's
+		// own or, with relayBehind, one never armed, which only drains
+		// what Toxiproxy still sends after popgate closed (see relay).
+		front := newPhaseRelay(t, px.Listen)
 		if !relayBehind {
-			r = newPhaseRelay(t, px.Listen)
-			upAddr = r.addr()
+			r = front
 		}
+		upAddr := front.addr()
 		proxies[c.user()] = px
 		caseRelay[c.user()] = r
 		backends[c.user()] = up.backend(upAddr)

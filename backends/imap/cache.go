@@ -31,8 +31,9 @@ import (
 // the listing (UIDs of the messages not hidden by \Deleted or the delete
 // keyword, and their sizes) is the one a fresh UID FETCH would give.
 type snapCache struct {
-	c    *lru.Cache[string, *snapEntry]
-	hits atomic.Int64 // logins served from the cache
+	c       *lru.Cache[string, *snapEntry]
+	hits    atomic.Int64 // logins served from the cache
+	updates atomic.Int64 // logins served from an entry brought up to date (listSince)
 }
 
 // snapEntry is one maildrop's listing, compact: per message the UID as the
@@ -211,4 +212,28 @@ func (b *Backend) cacheEvent(hit bool) {
 	if b.cache != nil && b.cfg.OnSnapshotCache != nil {
 		b.cfg.OnSnapshotCache(hit)
 	}
+}
+
+// peek returns key's entry without proving it current (the start of an
+// incremental listing, see Mailbox.listSince).
+func (sc *snapCache) peek(key string) *snapEntry {
+	if sc == nil {
+		return nil
+	}
+	e, _ := sc.c.Peek(key)
+	return e
+}
+
+// unpack returns e's listing as slices (new ones: e stays unmodified).
+func (e *snapEntry) unpack() (uids, sizes []uint32, seen []bool) {
+	uids = make([]uint32, 0, e.n)
+	sizes = make([]uint32, 0, e.n)
+	seen = make([]bool, 0, e.n)
+	e.each(func(i int, uid, size uint32) bool {
+		uids = append(uids, uid)
+		sizes = append(sizes, size)
+		seen = append(seen, e.seen[i/64]&(1<<(i%64)) != 0)
+		return true
+	})
+	return uids, sizes, seen
 }

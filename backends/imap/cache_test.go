@@ -26,6 +26,7 @@ type cacheCase struct {
 	cached  *Backend
 	fresh   *Backend
 	lastHit int64
+	lastUpd int64
 }
 
 func newCacheCase(t *testing.T, st store, cfg func(*Config)) *cacheCase {
@@ -47,7 +48,10 @@ func newCacheCase(t *testing.T, st store, cfg func(*Config)) *cacheCase {
 	return &cacheCase{t: t, md: md, cached: cached, fresh: fresh}
 }
 
-func snapshotOf(t testing.TB, b *Backend, md *maildrop) []backends.Message {
+// snapshotSeen logs in through b and returns the snapshot, with each
+// message's \Seen as the snapshot recorded it (what decides whether a RETR
+// sets \Seen).
+func snapshotSeen(t testing.TB, b *Backend, md *maildrop) ([]backends.Message, []bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -60,7 +64,15 @@ func snapshotOf(t testing.TB, b *Backend, md *maildrop) []backends.Message {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return msgs
+	seen := make([]bool, len(msgs))
+	for i, m := range msgs {
+		uid, err := parseRef(m.Ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[i] = mb.(*Mailbox).snap.isSeen(uint32(uid))
+	}
+	return msgs, seen
 }
 
 // check takes a snapshot through the cached backend, wants it served from
@@ -68,20 +80,34 @@ func snapshotOf(t testing.TB, b *Backend, md *maildrop) []backends.Message {
 func (cc *cacheCase) check(step string, hit bool, wantLen int) []backends.Message {
 	t := cc.t
 	t.Helper()
-	got := snapshotOf(t, cc.cached, cc.md)
+	got, gotSeen := snapshotSeen(t, cc.cached, cc.md)
 	hits := cc.cached.cache.hits.Load()
 	if gotHit := hits > cc.lastHit; gotHit != hit {
 		t.Errorf("%s: served from cache = %v, want %v", step, gotHit, hit)
 	}
 	cc.lastHit = hits
-	want := snapshotOf(t, cc.fresh, cc.md)
+	want, wantSeen := snapshotSeen(t, cc.fresh, cc.md)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s: cached snapshot\n%v\nwant (uncached)\n%v", step, got, want)
+	}
+	if !reflect.DeepEqual(gotSeen, wantSeen) {
+		t.Fatalf("%s: \\Seen of the cached snapshot %v, want (uncached) %v", step, gotSeen, wantSeen)
 	}
 	if len(got) != wantLen {
 		t.Fatalf("%s: %d messages, want %d", step, len(got), wantLen)
 	}
 	return got
+}
+
+// updated wants the last check's snapshot to have been (or not) the
+// cached entry brought up to date by listing only what changed.
+func (cc *cacheCase) updated(step string, want bool) {
+	cc.t.Helper()
+	n := cc.cached.cache.updates.Load()
+	if got := n > cc.lastUpd; got != want {
+		cc.t.Errorf("%s: cached listing brought up to date = %v, want %v", step, got, want)
+	}
+	cc.lastUpd = n
 }
 
 // other runs f on a second IMAP session with the mailbox selected.
@@ -111,6 +137,7 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 	uids := cc.md.uids
 
 	cc.check("first login", false, 4)
+	cc.updated("first login", false)
 	cc.check("unchanged", true, 4)
 	cc.check("unchanged again", true, 4)
 
@@ -120,16 +147,24 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 		}
 	})
 	cc.check("after an append", false, 5)
+	cc.updated("after an append", true)
 	cc.check("unchanged after the append", true, 5)
 
 	cc.store(uids[1], imap.StoreFlagsAdd, imap.FlagDeleted)
 	cc.check("after \\Deleted by another client", false, 4)
+	cc.updated("after \\Deleted", true)
 	cc.check("unchanged after \\Deleted", true, 4)
 	cc.store(uids[1], imap.StoreFlagsDel, imap.FlagDeleted)
 	cc.check("after \\Deleted removed", false, 5)
+	cc.updated("after \\Deleted removed", true)
+
+	cc.store(uids[3], imap.StoreFlagsAdd, imap.FlagSeen)
+	cc.check("after \\Seen by another client", false, 5)
+	cc.updated("after \\Seen", true)
 
 	cc.store(uids[2], imap.StoreFlagsAdd, imap.FlagFlagged) // does not change the listing
 	cc.check("after \\Flagged", false, 5)
+	cc.updated("after \\Flagged", true)
 	cc.check("unchanged after \\Flagged", true, 5)
 
 	cc.other(func(c *imapclient.Client) {
@@ -142,6 +177,7 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 		}
 	})
 	got := cc.check("after an expunge by another client", false, 4)
+	cc.updated("after an expunge", true)
 	if got[0].Ref == "1" {
 		t.Fatalf("expunged UID still listed: %v", got)
 	}
@@ -160,6 +196,7 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 		}
 	})
 	cc.check("after expunge plus append", false, 4)
+	cc.updated("after expunge plus append", true)
 
 	// Our own session: RETR sets \Seen, QUIT expunges one message.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -186,6 +223,7 @@ func TestSnapshotCacheDovecot(t *testing.T) {
 	}
 	mb.Close()
 	cc.check("after our own RETR and expunge", false, 3)
+	cc.updated("after our own session", true)
 	cc.check("unchanged after our own session", true, 3)
 }
 
@@ -428,5 +466,117 @@ func TestSnapEntryPack(t *testing.T) {
 	var nilEntry *snapEntry
 	if nilEntry.isSeen(1) {
 		t.Fatal("nil entry: seen")
+	}
+}
+
+// TestUIDRanges: a SEARCH answer is clipped to what was asked, merged and
+// never expanded, whatever the server sends.
+func TestUIDRanges(t *testing.T) {
+	within := imap.UIDRange{Start: 1, Stop: 100}
+	cases := []struct {
+		set   imap.UIDSet
+		count int64
+		in    []uint32
+		out   []uint32
+	}{
+		{nil, 0, nil, []uint32{1, 100}},
+		{imap.UIDSet{{Start: 5, Stop: 7}, {Start: 1, Stop: 2}, {Start: 3, Stop: 3}}, 6, []uint32{1, 2, 3, 5, 6, 7}, []uint32{4, 8, 100}},
+		{imap.UIDSet{{Start: 10, Stop: 20}, {Start: 15, Stop: 25}, {Start: 26, Stop: 26}}, 17, []uint32{10, 20, 25, 26}, []uint32{9, 27}},
+		{imap.UIDSet{{Start: 30, Stop: 20}}, 11, []uint32{20, 30}, []uint32{19, 31}},  // reversed
+		{imap.UIDSet{{Start: 90, Stop: 0}}, 11, []uint32{90, 100}, []uint32{89, 101}}, // 90:*
+		{imap.UIDSet{{Start: 1, Stop: 4294967295}}, 100, []uint32{1, 100}, []uint32{101, 4294967295}},
+		{imap.UIDSet{{Start: 200, Stop: 300}}, 0, nil, []uint32{100, 200}},
+	}
+	for i, c := range cases {
+		rs := newUIDRanges(c.set, within)
+		if got := rs.count(); got != c.count {
+			t.Errorf("case %d (%v): count %d, want %d (ranges %v)", i, c.set, got, c.count, rs)
+		}
+		for _, u := range c.in {
+			if !rs.contains(u) {
+				t.Errorf("case %d (%v): %d not contained", i, c.set, u)
+			}
+		}
+		for _, u := range c.out {
+			if rs.contains(u) {
+				t.Errorf("case %d (%v): %d contained", i, c.set, u)
+			}
+		}
+	}
+}
+
+// BenchmarkPollSnapshot is a login of a device polling a 1,000-message
+// maildrop where, since its last login, one message arrived ("append"),
+// or one arrived and the one it fetched last time was deleted ("churn",
+// fetchmail's default). With the cache the listing is brought up to date
+// (listSince); without it, what every changed mailbox cost before: the
+// whole UID FETCH 1:*. The change is made by another client, untimed.
+func BenchmarkPollSnapshot(b *testing.B) {
+	st := sharedDovecot(b)
+	const n = 1000
+	msg := []byte("Subject: m\r\n\r\nbody\r\n")
+	for _, churn := range []bool{false, true} {
+		for _, tc := range []struct {
+			name  string
+			cache int
+		}{{"cache", backends.DefaultSnapshotCache}, {"nocache", 0}} {
+			name := "append/" + tc.name
+			if churn {
+				name = "churn/" + tc.name
+			}
+			b.Run(name, func(b *testing.B) {
+				msgs := make([][]byte, n)
+				for i := range msgs {
+					msgs[i] = msg
+				}
+				md := seedMaildrop(b, st, msgs)
+				c := md.config(backendtest.Policy{})
+				c.SnapshotCache = tc.cache
+				be, err := New(c, testLogger(b))
+				if err != nil {
+					b.Fatal(err)
+				}
+				other := md.client(b)
+				defer other.Close()
+				ctx := context.Background()
+				poll := func() []backends.Message {
+					mb, err := be.Login(ctx, md.Credentials())
+					if err != nil {
+						b.Fatal(err)
+					}
+					s, err := mb.Snapshot(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					mb.Close()
+					return s
+				}
+				s := poll()
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					if churn {
+						uid, _ := parseRef(s[0].Ref)
+						set := imap.UIDSetNum(uid)
+						if err := other.Store(set, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
+							b.Fatal(err)
+						}
+						if err := other.UIDExpunge(set).Close(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if _, err := dovecot.AppendWith(other, "INBOX", msg); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					s = poll()
+				}
+				b.StopTimer()
+				if tc.cache != 0 && be.cache.updates.Load() < int64(b.N) {
+					b.Fatalf("%d of %d polls brought the cached listing up to date", be.cache.updates.Load(), b.N)
+				}
+			})
+		}
 	}
 }

@@ -133,7 +133,8 @@ func (m *Mailbox) flushPending() error {
 //
 // With the snapshot cache on and CONDSTORE offered, SELECT asks for
 // HIGHESTMODSEQ (RFC 7162 §3.1.8) and the UID FETCH is skipped when the
-// cached listing is proved current (see snapCache).
+// cached listing is proved current (see snapCache), or replaced by a
+// listing of what changed since (see listSince).
 func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	var e *snapEntry
 	err := m.guard(ctx, "snapshot", func() error {
@@ -158,6 +159,19 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 			return nil
 		}
 		m.b.cacheEvent(false)
+		if old := m.b.cache.peek(key); condStore && old != nil {
+			ne, err := m.listSince(old, sel)
+			if err != nil {
+				return err
+			}
+			if ne != nil {
+				m.log.Debug().Int("messages", ne.n).Int("before", old.n).Msg("snapshot from cache, brought up to date")
+				e = ne
+				m.b.cache.updates.Add(1)
+				m.b.cache.put(key, e)
+				return nil
+			}
+		}
 		e = &snapEntry{
 			uidValidity: sel.UIDValidity, uidNext: uint32(sel.UIDNext),
 			exists: sel.NumMessages, modSeq: sel.HighestModSeq,
@@ -225,7 +239,7 @@ func (m *Mailbox) list(e *snapEntry) error {
 			continue
 		}
 		if size < 0 || size > math.MaxUint32 {
-			return fmt.Errorf("UID %d: no or bad RFC822.SIZE", uid)
+			return errBadSize(uid)
 		}
 		if n := len(uids); n > 0 && uids[n-1] >= uint32(uid) {
 			sorted = false

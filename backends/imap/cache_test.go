@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"reflect"
 	"strconv"
 	"strings"
@@ -578,5 +579,76 @@ func BenchmarkPollSnapshot(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// TestSnapshotCacheRandomChanges: after random rounds of appends, flag
+// changes (\Deleted set and removed, \Seen) and expunges by another client,
+// the cached listing brought up to date always equals a fresh one.
+func TestSnapshotCacheRandomChanges(t *testing.T) {
+	cc := newCacheCase(t, sharedDovecot(t), nil)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	cc.check("first login", false, 4)
+	other := cc.md.client(t)
+	defer other.Close()
+	store := func(uids []imap.UID, op imap.StoreFlagsOp, flag imap.Flag) {
+		if len(uids) == 0 {
+			return
+		}
+		if err := other.Store(imap.UIDSetNum(uids...), &imap.StoreFlags{Op: op, Silent: true, Flags: []imap.Flag{flag}}, nil).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := range 30 {
+		data, err := other.UIDSearch(&imap.SearchCriteria{}, nil).Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all := data.AllUIDs()
+		pick := func(p float64) []imap.UID {
+			var out []imap.UID
+			for _, u := range all {
+				if rng.Float64() < p {
+					out = append(out, u)
+				}
+			}
+			return out
+		}
+		store(pick(0.15), imap.StoreFlagsAdd, imap.FlagDeleted)
+		store(pick(0.15), imap.StoreFlagsDel, imap.FlagDeleted)
+		store(pick(0.2), imap.StoreFlagsAdd, imap.FlagSeen)
+		store(pick(0.1), imap.StoreFlagsDel, imap.FlagSeen)
+		if gone := pick(0.1); len(gone) > 0 {
+			store(gone, imap.StoreFlagsAdd, imap.FlagDeleted)
+			if err := other.UIDExpunge(imap.UIDSetNum(gone...)).Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range rng.IntN(4) {
+			if _, err := dovecot.AppendWith(other, "INBOX", backendtest.Messages()[rng.IntN(4)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := other.Noop().Wait(); err != nil {
+			t.Fatal(err)
+		}
+		cc.compare(fmt.Sprintf("round %d", round))
+	}
+	t.Logf("%d of 30 listings brought up to date", cc.cached.cache.updates.Load())
+	if cc.cached.cache.updates.Load() == 0 {
+		t.Error("no listing was brought up to date")
+	}
+}
+
+// compare is check without a word on how the cached snapshot was made.
+func (cc *cacheCase) compare(step string) {
+	t := cc.t
+	t.Helper()
+	got, gotSeen := snapshotSeen(t, cc.cached, cc.md)
+	want, wantSeen := snapshotSeen(t, cc.fresh, cc.md)
+	if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotSeen, wantSeen) {
+		t.Fatalf("%s: cached snapshot\n%v %v\nwant (uncached)\n%v %v", step, got, gotSeen, want, wantSeen)
 	}
 }

@@ -138,8 +138,8 @@ type listed struct {
 }
 
 // fetchListed runs UID FETCH r (UID RFC822.SIZE FLAGS), with CHANGEDSINCE
-// when changedSince is not 0, and returns the messages in UID order, each
-// once.
+// (RFC 7162 §3.1.4.1) when changedSince is not 0, and returns the messages
+// in UID order, each once (the first answer for a UID counts).
 func (m *Mailbox) fetchListed(r imap.UIDRange, changedSince uint64) ([]listed, error) {
 	cmd := m.c.Fetch(imap.UIDSet{r}, &imap.FetchOptions{UID: true, RFC822Size: true, Flags: true, ChangedSince: changedSince})
 	defer cmd.Close()
@@ -169,10 +169,12 @@ func (m *Mailbox) fetchListed(r imap.UIDRange, changedSince uint64) ([]listed, e
 		if c.uid == 0 {
 			continue
 		}
-		if size < 0 || size > math.MaxUint32 {
+		switch {
+		case size >= 0 && size <= math.MaxUint32:
+			c.size = uint32(size)
+		case !c.hidden: // a hidden message is never listed: its size is not needed
 			return nil, errBadSize(imap.UID(c.uid))
 		}
-		c.size = uint32(size)
 		out = append(out, c)
 	}
 	if err := cmd.Close(); err != nil {

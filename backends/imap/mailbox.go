@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
-	"slices"
-	"sort"
 	"strconv"
 	"time"
 
@@ -193,69 +190,22 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 	return e.messages(m.b.uidl), nil
 }
 
-// maxPrealloc bounds the listing's preallocation from EXISTS (about 9
-// octets an entry, so at most 576 KiB before anything arrives).
-const maxPrealloc = 1 << 16
-
 // list fills e with one UID FETCH 1:* (RFC 3501 §6.4.8), in UID order
-// whatever order the server answered in.
+// whatever order the server answered in, leaving out the hidden messages.
+// Nothing is preallocated from EXISTS: a broken or hostile server may
+// announce 4294967295; the listing grows with what actually arrives.
 func (m *Mailbox) list(e *snapEntry) error {
-	cmd := m.c.Fetch(imap.UIDSet{imap.UIDRange{Start: 1, Stop: 0}}, &imap.FetchOptions{
-		UID: true, RFC822Size: true, Flags: true,
-	})
-	defer cmd.Close()
-	// EXISTS is the server's word, not a measure of what it will send: a
-	// broken or hostile server may announce 4294967295. Preallocate at most
-	// maxPrealloc entries and grow with what actually arrives.
-	n := min(e.exists, maxPrealloc)
-	uids := make([]uint32, 0, n)
-	sizes := make([]uint32, 0, n)
-	seen := make([]bool, 0, n)
-	sorted := true
-	for {
-		msg := cmd.Next()
-		if msg == nil {
-			break
-		}
-		var uid imap.UID
-		size := int64(-1)
-		skip, isSeen := false, false
-		for {
-			item := msg.Next()
-			if item == nil {
-				break
-			}
-			switch it := item.(type) {
-			case imapclient.FetchItemDataUID:
-				uid = it.UID
-			case imapclient.FetchItemDataRFC822Size:
-				size = it.Size
-			case imapclient.FetchItemDataFlags:
-				skip = m.skip(it.Flags)
-				isSeen = slices.Contains(it.Flags, imap.FlagSeen)
-			}
-		}
-		if uid == 0 || skip {
-			continue
-		}
-		if size < 0 || size > math.MaxUint32 {
-			return errBadSize(uid)
-		}
-		if n := len(uids); n > 0 && uids[n-1] >= uint32(uid) {
-			sorted = false
-		}
-		uids = append(uids, uint32(uid))
-		sizes = append(sizes, uint32(size))
-		seen = append(seen, isSeen)
-	}
-	if err := cmd.Close(); err != nil {
+	all, err := m.fetchListed(imap.UIDRange{Start: 1, Stop: 0}, 0)
+	if err != nil {
 		return err
 	}
-	if !sorted {
-		// The server sends FETCH responses in sequence order, which is UID
-		// order; keep the POP3 numbering in UID order whatever it sent, and
-		// each UID once.
-		uids, sizes, seen = sortUnique(uids, sizes, seen)
+	uids := make([]uint32, 0, len(all))
+	sizes := make([]uint32, 0, len(all))
+	seen := make([]bool, 0, len(all))
+	for _, c := range all {
+		if !c.hidden {
+			uids, sizes, seen = append(uids, c.uid), append(sizes, c.size), append(seen, c.seen)
+		}
 	}
 	e.pack(uids, sizes, seen)
 	return nil
@@ -290,27 +240,6 @@ func equalFoldFlag(a, b imap.Flag) bool {
 		}
 	}
 	return true
-}
-
-// sortUnique sorts the listing by UID and drops repeated UIDs.
-func sortUnique(uids, sizes []uint32, seen []bool) ([]uint32, []uint32, []bool) {
-	idx := make([]int, len(uids))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.SliceStable(idx, func(i, j int) bool { return uids[idx[i]] < uids[idx[j]] })
-	u2 := make([]uint32, 0, len(idx))
-	s2 := make([]uint32, 0, len(idx))
-	seen2 := make([]bool, 0, len(idx))
-	for _, i := range idx {
-		if n := len(u2); n > 0 && u2[n-1] == uids[i] {
-			continue
-		}
-		u2 = append(u2, uids[i])
-		s2 = append(s2, sizes[i])
-		seen2 = append(seen2, seen[i])
-	}
-	return u2, s2, seen2
 }
 
 func parseRef(ref string) (imap.UID, error) {

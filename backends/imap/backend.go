@@ -108,34 +108,9 @@ func (b *Backend) Config() Config { return b.cfg }
 // invalid, a new one obtained and the login retried once on a new
 // connection. A token that cannot be obtained answers [SYS/TEMP].
 func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
-	if c.Credential == "" {
-		return b.login(ctx, c, c.Token)
-	}
-	log := b.log.With().Str("user", c.Username).Str("credential", c.Credential).Logger()
-	if b.tokens == nil {
-		err := fmt.Errorf("credential %s: no OAuth2 credentials configured", c.Credential)
-		log.Error().Err(err).Msg("upstream login failed")
-		return nil, backends.ErrUnavailable.Wrap(err)
-	}
-	tok, err := b.tokens.AccessToken(ctx, c.Credential)
-	if err != nil {
-		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
-		return nil, backends.ErrUnavailable.Wrap(err)
-	}
-	mb, err := b.login(ctx, c, tok)
-	if err == nil || !errors.Is(err, backends.ErrAuthFailed) {
-		return mb, err
-	}
-	// RFC 6750 §3.1 invalid_token: the token may have been revoked or
-	// expired early. Refresh once, retry once.
-	b.tokens.Invalidate(c.Credential, tok)
-	tok2, err2 := b.tokens.AccessToken(ctx, c.Credential)
-	if err2 != nil {
-		log.Warn().Err(err2).Msg("no OAuth2 token for the upstream login")
-		return nil, backends.ErrUnavailable.Wrap(err2)
-	}
-	log.Info().Msg("upstream rejected the OAuth2 token: retrying once with a new one")
-	return b.login(ctx, c, tok2)
+	return backends.LoginWithToken(ctx, c, b.tokens, b.log, b.login, func(err error) bool {
+		return errors.Is(err, backends.ErrAuthFailed)
+	})
 }
 
 // SetTokens gives the backend the OAuth2 tokens of named credentials

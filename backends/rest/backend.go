@@ -295,34 +295,10 @@ func (b *Backend) SetTokens(t backends.Tokens) { b.tokens = t }
 // store answers 401 to a credential's token, the token is reported
 // invalid, a new one obtained and the call sent once more.
 func (b *Backend) Login(ctx context.Context, c backends.Credentials) (backends.Mailbox, error) {
-	if c.Credential == "" {
-		return b.login(ctx, c, c.Token)
-	}
-	log := b.log.With().Str("user", c.Username).Str("credential", c.Credential).Logger()
-	if b.tokens == nil {
-		err := fmt.Errorf("credential %s: no OAuth2 credentials configured", c.Credential)
-		log.Error().Err(err).Msg("store login failed")
-		return nil, backends.ErrUnavailable.Wrap(err)
-	}
-	tok, err := b.tokens.AccessToken(ctx, c.Credential)
-	if err != nil {
-		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
-		return nil, backends.ErrUnavailable.Wrap(err)
-	}
-	mb, err := b.login(ctx, c, tok)
-	var ce *callError
-	if err == nil || !errors.As(err, &ce) || ce.status != http.StatusUnauthorized {
-		return mb, err
-	}
-	// RFC 6750 §3.1 invalid_token: refresh once, retry once.
-	b.tokens.Invalidate(c.Credential, tok)
-	tok2, err := b.tokens.AccessToken(ctx, c.Credential)
-	if err != nil {
-		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
-		return nil, backends.ErrUnavailable.Wrap(err)
-	}
-	log.Info().Msg("upstream rejected the OAuth2 token: retrying once with a new one")
-	return b.login(ctx, c, tok2)
+	return backends.LoginWithToken(ctx, c, b.tokens, b.log, b.login, func(err error) bool {
+		var ce *callError
+		return errors.As(err, &ce) && ce.status == http.StatusUnauthorized
+	})
 }
 
 // bearerMechanism is the mechanism named in POST /sessions for a bearer

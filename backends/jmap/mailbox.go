@@ -173,11 +173,11 @@ func (m *Mailbox) matches(mb mailboxInfo, byID map[string]mailboxInfo) bool {
 // mailbox.
 var errWrongMailbox = errors.New("mailbox id no longer the configured mailbox")
 
-// findMailbox returns the id of the configured mailbox (Mailbox/get of all
-// mailboxes, RFC 8621 §2.1: accounts hold few).
-func (m *Mailbox) findMailbox(ctx context.Context) (string, error) {
+// mailboxes lists every mailbox of the account (Mailbox/get with ids
+// null, RFC 8621 §2.1: accounts hold few); op names the call in errors.
+func (m *Mailbox) mailboxes(ctx context.Context, op string) ([]mailboxInfo, error) {
 	var all []mailboxInfo
-	err := m.api(ctx, "mailbox", true, []call{
+	err := m.api(ctx, op, true, []call{
 		{"Mailbox/get", map[string]any{"accountId": m.sess.accountID, "ids": nil, "properties": []string{"id", "name", "role", "parentId"}}, "m"},
 	}, func(name string, dec *json.Decoder) error {
 		var r struct {
@@ -189,6 +189,13 @@ func (m *Mailbox) findMailbox(ctx context.Context) (string, error) {
 		all = r.List
 		return nil
 	})
+	return all, err
+}
+
+// findMailbox returns the id of the configured mailbox (Mailbox/get of all
+// mailboxes, RFC 8621 §2.1: accounts hold few).
+func (m *Mailbox) findMailbox(ctx context.Context) (string, error) {
+	all, err := m.mailboxes(ctx, "mailbox")
 	if err != nil {
 		return "", err
 	}
@@ -746,19 +753,7 @@ func (m *Mailbox) mailboxesOf(ctx context.Context, ids []string) (map[string]map
 func (m *Mailbox) folder(ctx context.Context) (string, error) {
 	f := m.b.cfg.Delete.Folder
 	role, byRole := strings.CutPrefix(f, "role:")
-	var all []mailboxInfo
-	err := m.api(ctx, "folder", true, []call{
-		{"Mailbox/get", map[string]any{"accountId": m.sess.accountID, "ids": nil, "properties": []string{"id", "name", "role", "parentId"}}, "m"},
-	}, func(name string, dec *json.Decoder) error {
-		var r struct {
-			List []mailboxInfo `json:"list"`
-		}
-		if err := dec.Decode(&r); err != nil {
-			return malformed(err)
-		}
-		all = r.List
-		return nil
-	})
+	all, err := m.mailboxes(ctx, "folder")
 	if err != nil {
 		return "", err
 	}

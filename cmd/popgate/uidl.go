@@ -293,6 +293,29 @@ func captureOne(cfg *config.Config, store migration.Store, srv *oldServer, user,
 	return nil
 }
 
+// uidlMaildrop parses the arguments of `uidl NAME` (one user name),
+// loads the file and finds the user's maildrop. When ok is false it has
+// printed why (or the help) and code is the exit status.
+func uidlMaildrop(name string, fs *flag.FlagSet, path *string, args []string, stdout, stderr io.Writer) (cfg *config.Config, pos []string, maildrop string, code int, ok bool) {
+	pos, code, done := parseInterleaved(fs, args, stdout)
+	if done {
+		return nil, nil, "", code, false
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(stderr, "popgate uidl %s: give one user name\n", name)
+		return nil, nil, "", exitUsage, false
+	}
+	if cfg, ok = loadForUIDL(*path, stderr); !ok {
+		return nil, nil, "", exitUsage, false
+	}
+	maildrop, err := maildropFor(cfg, pos[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate uidl %s: %v\n", name, err)
+		return nil, nil, "", exitUsage, false
+	}
+	return cfg, pos, maildrop, exitOK, true
+}
+
 func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("uidl status", "-c FILE USER [--password-file F]",
 		"Show the captured map of USER's maildrop: its size, the old server and when it\n"+
@@ -301,22 +324,9 @@ func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
 			"current mailbox match an old UIDL.", stdout, stderr)
 	path := configFlag(fs)
 	pwFile := fs.String("password-file", "", "file holding USER's password for popgate (\"-\": standard input)")
-	pos, code, done := parseInterleaved(fs, args, stdout)
-	if done {
-		return code
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "popgate uidl status: give one user name")
-		return exitUsage
-	}
-	cfg, ok := loadForUIDL(*path, stderr)
+	cfg, pos, maildrop, code, ok := uidlMaildrop("status", fs, path, args, stdout, stderr)
 	if !ok {
-		return exitUsage
-	}
-	maildrop, err := maildropFor(cfg, pos[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "popgate uidl status: %v\n", err)
-		return exitUsage
+		return code
 	}
 	store := migration.Store{Dir: cfg.Migration.UIDLDir}
 	m, err := store.Load(maildrop)
@@ -353,22 +363,9 @@ func runUIDLForget(args []string, stdout, stderr io.Writer) int {
 		"Remove the captured map of USER's maildrop: popgate presents the store's own\n"+
 			"UIDLs again from the next login.", stdout, stderr)
 	path := configFlag(fs)
-	pos, code, done := parseInterleaved(fs, args, stdout)
-	if done {
-		return code
-	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "popgate uidl forget: give one user name")
-		return exitUsage
-	}
-	cfg, ok := loadForUIDL(*path, stderr)
+	cfg, pos, maildrop, code, ok := uidlMaildrop("forget", fs, path, args, stdout, stderr)
 	if !ok {
-		return exitUsage
-	}
-	maildrop, err := maildropFor(cfg, pos[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "popgate uidl forget: %v\n", err)
-		return exitUsage
+		return code
 	}
 	store := migration.Store{Dir: cfg.Migration.UIDLDir}
 	switch err := store.Forget(maildrop); {

@@ -22,10 +22,15 @@ type fakeServer struct {
 	stallAt string // command name (e.g. "SELECT") at which to go silent; "GREETING" stalls before greeting
 	loginNo string // answer LOGIN with this NO text
 	exists  string // SELECT's EXISTS count; default "1" (one message, UID 7, is listed whatever it says)
-	mu      sync.Mutex
-	seen    []string
-	wg      sync.WaitGroup
-	quit    chan struct{}
+	// condStore: CONDSTORE offered; the first SELECT shows UID 7 alone
+	// (HIGHESTMODSEQ 10), later ones UIDs 7 and 8 (HIGHESTMODSEQ 11), and
+	// a UID FETCH with CHANGEDSINCE is refused with NO.
+	condStore bool
+	selects   int
+	mu        sync.Mutex
+	seen      []string
+	wg        sync.WaitGroup
+	quit      chan struct{}
 }
 
 func newFakeServer(t *testing.T, f *fakeServer) *fakeServer {
@@ -64,7 +69,11 @@ func (f *fakeServer) serve(c net.Conn) {
 		return
 	}
 	w := func(s string) { io.WriteString(c, s+"\r\n") }
-	w("* OK [CAPABILITY IMAP4rev1 UIDPLUS] fake ready")
+	caps := "IMAP4rev1 UIDPLUS"
+	if f.condStore {
+		caps += " CONDSTORE"
+	}
+	w("* OK [CAPABILITY " + caps + "] fake ready")
 	r := bufio.NewReader(c)
 	for {
 		line, err := r.ReadString('\n')
@@ -92,15 +101,33 @@ func (f *fakeServer) serve(c net.Conn) {
 		}
 		switch cmd {
 		case "CAPABILITY":
-			w("* CAPABILITY IMAP4rev1 UIDPLUS")
+			w("* CAPABILITY " + caps)
 			w(tag + " OK done")
 		case "LOGIN":
 			if f.loginNo != "" {
 				w(tag + " NO " + f.loginNo)
 				continue
 			}
-			w(tag + " OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in")
+			w(tag + " OK [CAPABILITY " + caps + "] logged in")
 		case "SELECT":
+			f.mu.Lock()
+			f.selects++
+			later := f.selects > 1
+			f.mu.Unlock()
+			if f.condStore {
+				if later {
+					w("* 2 EXISTS")
+					w("* OK [UIDNEXT 9] ok")
+					w("* OK [HIGHESTMODSEQ 11] ok")
+				} else {
+					w("* 1 EXISTS")
+					w("* OK [UIDNEXT 8] ok")
+					w("* OK [HIGHESTMODSEQ 10] ok")
+				}
+				w("* OK [UIDVALIDITY 5] ok")
+				w(tag + " OK [READ-WRITE] selected")
+				continue
+			}
 			exists := f.exists
 			if exists == "" {
 				exists = "1"
@@ -109,7 +136,17 @@ func (f *fakeServer) serve(c net.Conn) {
 			w("* OK [UIDVALIDITY 5] ok")
 			w(tag + " OK [READ-WRITE] selected")
 		case "UID FETCH":
+			if f.condStore && strings.Contains(line, "CHANGEDSINCE") {
+				w(tag + " NO changedsince refused")
+				continue
+			}
 			w("* 1 FETCH (UID 7 RFC822.SIZE 100 FLAGS ())")
+			f.mu.Lock()
+			later := f.selects > 1
+			f.mu.Unlock()
+			if f.condStore && later {
+				w("* 2 FETCH (UID 8 RFC822.SIZE 200 FLAGS ())")
+			}
 			w(tag + " OK done")
 		case "LOGOUT":
 			w("* BYE bye")
@@ -258,5 +295,49 @@ func TestFakeHugeExistsNotPreallocated(t *testing.T) {
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16<<20 {
 		t.Fatalf("the snapshot allocated %d bytes for one listed message: preallocated from EXISTS", alloc)
+	}
+}
+
+// TestFakeIncrementalRefused: a server offering CONDSTORE that refuses
+// the listing of what changed (NO to CHANGEDSINCE) gets the whole listing
+// asked again, and the login works as without the cache.
+func TestFakeIncrementalRefused(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{condStore: true})
+	b := fakeBackend(t, f)
+	snap := func() []backends.Message {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		mb, err := b.Login(ctx, cred)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mb.Close()
+		msgs, err := mb.Snapshot(ctx)
+		if err != nil {
+			t.Fatalf("snapshot: %v", err)
+		}
+		return msgs
+	}
+	if got := snap(); len(got) != 1 || got[0].Ref != "7" {
+		t.Fatalf("first snapshot: %v", got)
+	}
+	got := snap()
+	if len(got) != 2 || got[0].Ref != "7" || got[1].Ref != "8" || got[1].Size != 200 {
+		t.Fatalf("second snapshot: %v, want UIDs 7 and 8", got)
+	}
+	var changed, full int
+	for _, c := range f.commands() {
+		switch {
+		case strings.Contains(c, "CHANGEDSINCE"):
+			changed++
+		case strings.Contains(c, "UID FETCH 1:*"):
+			full++
+		}
+	}
+	if changed != 1 || full != 2 {
+		t.Errorf("%d CHANGEDSINCE fetches and %d full listings, want 1 and 2: %q", changed, full, f.commands())
+	}
+	if b.cache.updates.Load() != 0 {
+		t.Errorf("a refused incremental listing counted as brought up to date")
 	}
 }

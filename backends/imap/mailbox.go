@@ -158,10 +158,14 @@ func (m *Mailbox) Snapshot(ctx context.Context) ([]backends.Message, error) {
 		m.b.cacheEvent(false)
 		if old := m.b.cache.peek(key); condStore && old != nil {
 			ne, err := m.listSince(old, sel)
-			if err != nil {
+			switch {
+			case err != nil && isIMAPStatus(err):
+				// The server refused a command (NO, BAD): list everything,
+				// as without the cache.
+				m.log.Debug().Err(err).Msg("listing what changed was refused: full listing")
+			case err != nil:
 				return err
-			}
-			if ne != nil {
+			case ne != nil:
 				m.log.Debug().Int("messages", ne.n).Int("before", old.n).Msg("snapshot from cache, brought up to date")
 				e = ne
 				m.b.cache.updates.Add(1)

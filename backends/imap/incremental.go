@@ -34,6 +34,8 @@ import (
 //
 // and then the messages present (old ones left plus new ones, hidden or
 // not) must number exactly EXISTS. Sizes never change (RFC 3501 §2.3.4).
+// A NO or BAD to any of these commands is returned as it is (the caller
+// then lists everything); a broken connection is an error.
 func (m *Mailbox) listSince(old *snapEntry, sel *imap.SelectData) (*snapEntry, error) {
 	uidNext := uint32(sel.UIDNext)
 	if old.uidValidity != sel.UIDValidity || uidNext < old.uidNext || sel.HighestModSeq < old.modSeq {

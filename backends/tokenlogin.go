@@ -26,20 +26,25 @@ func LoginWithToken(ctx context.Context, c Credentials, tokens Tokens, log zerol
 		log.Error().Err(err).Msg("upstream login failed")
 		return nil, ErrUnavailable.Wrap(err)
 	}
-	tok, err := tokens.AccessToken(ctx, c.Credential)
+	token := func() (string, error) {
+		tok, err := tokens.AccessToken(ctx, c.Credential)
+		if err != nil {
+			log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
+			return "", ErrUnavailable.Wrap(err)
+		}
+		return tok, nil
+	}
+	tok, err := token()
 	if err != nil {
-		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
-		return nil, ErrUnavailable.Wrap(err)
+		return nil, err
 	}
 	mb, err := login(ctx, c, tok)
 	if err == nil || !rejected(err) {
 		return mb, err
 	}
 	tokens.Invalidate(c.Credential, tok)
-	tok, err = tokens.AccessToken(ctx, c.Credential)
-	if err != nil {
-		log.Warn().Err(err).Msg("no OAuth2 token for the upstream login")
-		return nil, ErrUnavailable.Wrap(err)
+	if tok, err = token(); err != nil {
+		return nil, err
 	}
 	log.Info().Msg("upstream rejected the OAuth2 token: retrying once with a new one")
 	return login(ctx, c, tok)

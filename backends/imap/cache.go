@@ -105,8 +105,11 @@ func (e *snapEntry) isSeen(uid uint32) bool {
 		return false
 	}
 	i, ok, _ := e.find(uid)
-	return ok && e.seen[i/64]&(1<<(i%64)) != 0
+	return ok && e.seenAt(i)
 }
+
+// seenAt reports whether message i had \Seen when e was listed.
+func (e *snapEntry) seenAt(i int) bool { return e.seen[i/64]&(1<<(i%64)) != 0 }
 
 // find returns the index of the message with UID uid, whether it is
 // listed, and how many entries it decoded to know.
@@ -232,7 +235,7 @@ func (e *snapEntry) unpack() (uids, sizes []uint32, seen []bool) {
 	e.each(func(i int, uid, size uint32) bool {
 		uids = append(uids, uid)
 		sizes = append(sizes, size)
-		seen = append(seen, e.seen[i/64]&(1<<(i%64)) != 0)
+		seen = append(seen, e.seenAt(i))
 		return true
 	})
 	return uids, sizes, seen

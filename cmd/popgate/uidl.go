@@ -296,24 +296,24 @@ func captureOne(cfg *config.Config, store migration.Store, srv *oldServer, user,
 // uidlMaildrop parses the arguments of `uidl NAME` (one user name),
 // loads the file and finds the user's maildrop. When ok is false it has
 // printed why (or the help) and code is the exit status.
-func uidlMaildrop(name string, fs *flag.FlagSet, path *string, args []string, stdout, stderr io.Writer) (cfg *config.Config, pos []string, maildrop string, code int, ok bool) {
+func uidlMaildrop(name string, fs *flag.FlagSet, path *string, args []string, stdout, stderr io.Writer) (cfg *config.Config, user, maildrop string, code int, ok bool) {
 	pos, code, done := parseInterleaved(fs, args, stdout)
 	if done {
-		return nil, nil, "", code, false
+		return nil, "", "", code, false
 	}
 	if len(pos) != 1 {
 		fmt.Fprintf(stderr, "popgate uidl %s: give one user name\n", name)
-		return nil, nil, "", exitUsage, false
+		return nil, "", "", exitUsage, false
 	}
 	if cfg, ok = loadForUIDL(*path, stderr); !ok {
-		return nil, nil, "", exitUsage, false
+		return nil, "", "", exitUsage, false
 	}
 	maildrop, err := maildropFor(cfg, pos[0])
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate uidl %s: %v\n", name, err)
-		return nil, nil, "", exitUsage, false
+		return nil, "", "", exitUsage, false
 	}
-	return cfg, pos, maildrop, exitOK, true
+	return cfg, pos[0], maildrop, exitOK, true
 }
 
 func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
@@ -324,14 +324,14 @@ func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
 			"current mailbox match an old UIDL.", stdout, stderr)
 	path := configFlag(fs)
 	pwFile := fs.String("password-file", "", "file holding USER's password for popgate (\"-\": standard input)")
-	cfg, pos, maildrop, code, ok := uidlMaildrop("status", fs, path, args, stdout, stderr)
+	cfg, user, maildrop, code, ok := uidlMaildrop("status", fs, path, args, stdout, stderr)
 	if !ok {
 		return code
 	}
 	store := migration.Store{Dir: cfg.Migration.UIDLDir}
 	m, err := store.Load(maildrop)
 	if errors.Is(err, migration.ErrNoMap) {
-		fmt.Fprintf(stdout, "%s: no map for maildrop %s in %s\n", pos[0], maildrop, store.Dir)
+		fmt.Fprintf(stdout, "%s: no map for maildrop %s in %s\n", user, maildrop, store.Dir)
 		return exitFailure
 	}
 	if err != nil {
@@ -339,7 +339,7 @@ func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	fmt.Fprintf(stdout, "%s: maildrop %s: %d old UIDLs captured from %s (user %s) at %s\n",
-		pos[0], maildrop, len(m.Entries), m.Server, m.User, m.CapturedAt.Format(time.RFC3339))
+		user, maildrop, len(m.Entries), m.Server, m.User, m.CapturedAt.Format(time.RFC3339))
 	if *pwFile == "" {
 		return exitOK
 	}
@@ -348,13 +348,13 @@ func runUIDLStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "popgate uidl status: --password-file: %v\n", err)
 		return exitUsage
 	}
-	st, err := matchStatus(cfg, m, pos[0], pass)
+	st, err := matchStatus(cfg, m, user, pass)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate uidl status: %v\n", err)
 		return exitFailure
 	}
 	fmt.Fprintf(stdout, "%s: current mailbox: %d messages, %d presented under their old UIDL, %d new, %d ambiguous; %d old UIDLs match no message\n",
-		pos[0], st.Messages, st.Matched, st.Messages-st.Matched-st.Ambiguous-st.XUIDL, st.Ambiguous, st.OldLeft)
+		user, st.Messages, st.Matched, st.Messages-st.Matched-st.Ambiguous-st.XUIDL, st.Ambiguous, st.OldLeft)
 	return exitOK
 }
 
@@ -363,20 +363,20 @@ func runUIDLForget(args []string, stdout, stderr io.Writer) int {
 		"Remove the captured map of USER's maildrop: popgate presents the store's own\n"+
 			"UIDLs again from the next login.", stdout, stderr)
 	path := configFlag(fs)
-	cfg, pos, maildrop, code, ok := uidlMaildrop("forget", fs, path, args, stdout, stderr)
+	cfg, user, maildrop, code, ok := uidlMaildrop("forget", fs, path, args, stdout, stderr)
 	if !ok {
 		return code
 	}
 	store := migration.Store{Dir: cfg.Migration.UIDLDir}
 	switch err := store.Forget(maildrop); {
 	case errors.Is(err, migration.ErrNoMap):
-		fmt.Fprintf(stdout, "%s: no map for maildrop %s\n", pos[0], maildrop)
+		fmt.Fprintf(stdout, "%s: no map for maildrop %s\n", user, maildrop)
 		return exitFailure
 	case err != nil:
 		fmt.Fprintf(stderr, "popgate uidl forget: %v\n", err)
 		return exitFailure
 	}
-	fmt.Fprintf(stdout, "%s: map of maildrop %s removed\n", pos[0], maildrop)
+	fmt.Fprintf(stdout, "%s: map of maildrop %s removed\n", user, maildrop)
 	return exitOK
 }
 

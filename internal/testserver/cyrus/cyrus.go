@@ -24,6 +24,7 @@ package cyrus
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -71,10 +72,11 @@ type Server struct {
 
 	imapAddr, httpAddr, pop3Addr string
 
-	mu      sync.Mutex
-	users   map[string]string
-	closeMu sync.Once
-	pidFile string
+	mu       sync.Mutex
+	users    map[string]string
+	sasldbMu sync.Mutex // one sasldb writer at a time: see addUser
+	closeMu  sync.Once
+	pidFile  string
 }
 
 // Start starts a private Cyrus for t and stops it on t.Cleanup. When a
@@ -373,14 +375,55 @@ func (s *Server) addUser(saslpasswd, name, password string, asCyrus bool) error 
 	if strings.ContainsAny(password, "\r\n") || password == "" {
 		return fmt.Errorf("cyrus: password of %s is empty or holds a newline", name)
 	}
-	cmd := s.command(asCyrus, saslpasswd, "-f", filepath.Join(s.Dir, "sasldb2"), "-u", Realm, "-p", "-c", name)
+	// The sasldb is a Berkeley DB file without an environment, so nothing
+	// locks it: two saslpasswd2 at once lost one user's entry (CI saw
+	// "authentication failure" for one of four users added together), and
+	// an imapd reading while saslpasswd2 writes could see a page half
+	// written. So writers take turns, each edits a copy, and the copy
+	// replaces the file by rename: a reader opens either the old or the
+	// new file, both whole.
+	s.sasldbMu.Lock()
+	defer s.sasldbMu.Unlock()
+	db := filepath.Join(s.Dir, "sasldb2")
+	next := db + ".next"
+	if err := copyOwned(db, next); err != nil {
+		return fmt.Errorf("cyrus: sasldb copy: %w", err)
+	}
+	cmd := s.command(asCyrus, saslpasswd, "-f", next, "-u", Realm, "-p", "-c", name)
 	cmd.Stdin = strings.NewReader(password)
 	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(next)
 		return fmt.Errorf("cyrus: saslpasswd2 %s: %v: %s", name, err, out)
+	}
+	if err := os.Rename(next, db); err != nil {
+		return fmt.Errorf("cyrus: sasldb: %w", err)
 	}
 	s.mu.Lock()
 	s.users[name] = password
 	s.mu.Unlock()
+	return nil
+}
+
+// copyOwned copies src (when it exists) to dst with src's mode and owner;
+// a missing src leaves dst absent, for saslpasswd2 to create.
+func copyOwned(src, dst string) error {
+	os.Remove(dst)
+	b, err := os.ReadFile(src)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, b, fi.Mode().Perm()); err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Getuid() == 0 {
+		return os.Chown(dst, int(st.Uid), int(st.Gid))
+	}
 	return nil
 }
 

@@ -404,27 +404,22 @@ func (s *Server) addUser(saslpasswd, name, password string, asCyrus bool) error 
 	return nil
 }
 
-// copyOwned copies src (when it exists) to dst with src's mode and owner;
-// a missing src leaves dst absent, for saslpasswd2 to create.
+// copyOwned copies src (when it exists) to dst with src's owner (see
+// writeOwned); a missing src leaves dst absent, for saslpasswd2 to create.
 func copyOwned(src, dst string) error {
 	os.Remove(dst)
-	b, err := os.ReadFile(src)
+	fi, err := os.Stat(src)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
 		return err
 	}
-	fi, err := os.Stat(src)
+	b, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(dst, b, fi.Mode().Perm()); err != nil {
-		return err
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && os.Getuid() == 0 {
-		return os.Chown(dst, int(st.Uid), int(st.Gid))
-	}
-	return nil
+	st := fi.Sys().(*syscall.Stat_t)
+	return writeOwned(dst, string(b), int(st.Uid), int(st.Gid))
 }
 
 // createMu serializes the users' first logins, which create their
